@@ -105,7 +105,10 @@ pub(crate) fn needs_line_safety(text: &[u8]) -> bool {
 fn make_line_safe(text: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 16);
     let mut rest = text;
-    while let Some(at) = rest.iter().position(|&b| matches!(b, b'\n' | b'\r' | 0xE2 | 0xC2)) {
+    while let Some(at) = rest
+        .iter()
+        .position(|&b| matches!(b, b'\n' | b'\r' | 0xE2 | 0xC2))
+    {
         out.put_slice(&rest[..at]);
         rest = &rest[at..];
         match rest {

@@ -118,7 +118,9 @@ impl FeedRequest {
         }
         cursors.sort_by_key(|(partition, _)| *partition);
         if let Some(pair) = cursors.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(RequestError::DuplicatePartition { partition: pair[0].0 });
+            return Err(RequestError::DuplicatePartition {
+                partition: pair[0].0,
+            });
         }
         if let Some((partition, _)) = cursors.iter().find(|(p, _)| *p >= partition_count) {
             return Err(RequestError::PartitionOutOfRange {
@@ -207,7 +209,11 @@ impl FeedRequest {
             return Err(RequestError::CursorsMissing);
         }
         fields.cursors.sort_by_key(|(partition, _)| *partition);
-        if let Some(pair) = fields.cursors.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        if let Some(pair) = fields
+            .cursors
+            .windows(2)
+            .find(|pair| pair[0].0 == pair[1].0)
+        {
             return Err(RequestError::DuplicateParameter {
                 name: format!("cursor{}", pair[0].0),
             });
@@ -227,11 +233,10 @@ impl FeedRequest {
         let page_size_hint = match fields.page_size_hint {
             None => None,
             Some(value) => {
-                let hint = parse_digits(&value).ok_or_else(|| {
-                    RequestError::InvalidPageSizeHint {
+                let hint =
+                    parse_digits(&value).ok_or_else(|| RequestError::InvalidPageSizeHint {
                         value: excerpt(&value),
-                    }
-                })?;
+                    })?;
                 // Only a hint: a huge one means "as many as you will give".
                 Some(u32::try_from(hint).unwrap_or(u32::MAX)).filter(|&hint| hint > 0)
             }
@@ -240,9 +245,9 @@ impl FeedRequest {
             partition_count,
             cursors,
             page_size_hint,
-            headers: fields
-                .headers
-                .map_or(HeaderSelection::None, |value| HeaderSelection::parse(&value)),
+            headers: fields.headers.map_or(HeaderSelection::None, |value| {
+                HeaderSelection::parse(&value)
+            }),
         })
     }
 
@@ -280,6 +285,7 @@ impl FeedRequest {
 
     /// Whether `key` is one of the parameters this protocol sets, which a
     /// client replaces in a base URL's query.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn is_protocol_parameter(key: &str) -> bool {
         matches!(key, "n" | "pagesizehint" | "headers") || key.starts_with("cursor")
     }

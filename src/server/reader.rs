@@ -1,0 +1,136 @@
+use std::fmt;
+use std::future::Future;
+
+use futures_core::Stream;
+
+use crate::BoxError;
+use crate::protocol::{FeedItem, FeedRequest};
+
+/// The source of a feed's pages: what a publisher implements over its store.
+///
+/// [`FeedService`](super::FeedService) parses and validates the HTTP request,
+/// then calls [`read`](FeedReader::read) once per request and streams the
+/// returned items to the consumer as they are produced, pulling the next item
+/// only when the previous ones are on their way (so a reader can stream
+/// straight from a database cursor without loading the page). When the
+/// consumer goes away, the stream is dropped at once: a database query behind
+/// it is cancelled by its own `Drop`.
+///
+/// # The checkpoint contract
+///
+/// A [`Checkpoint`](crate::protocol::Checkpoint) of partition `P` with cursor
+/// `C` promises: a consumer that has stored every event of `P` that came
+/// before this checkpoint in the page may later read `P` from `C` and miss
+/// nothing and see nothing twice. Events between two checkpoints may come in
+/// any order; checkpoints may differ between two identical requests. Only
+/// partitions of the request may appear, and every cursor the reader hands
+/// out must be accepted by it later.
+///
+/// # Reading a request
+///
+/// - [`ReadContext::request`] has the cursors (one per partition to read;
+///   `_first` and `_last` included), and the wanted headers (the service
+///   also filters headers, so a reader may hand out all of them).
+/// - [`ReadContext::page_size`] is the number of events to aim for in total,
+///   the consumer's hint resolved against the service's default and maximum.
+/// - [`ReadContext::extensions`] are the HTTP request's extensions: an auth
+///   layer's consumer identity reaches the reader there, for per-consumer
+///   decisions.
+///
+/// A cursor the reader never handed out is the consumer's error: return
+/// [`ReadError::UnknownCursor`] (a `400` naming the partition), not an
+/// internal error (a `500`).
+pub trait FeedReader: Send + Sync + 'static {
+    /// The items of one page.
+    type Stream: Stream<Item = Result<FeedItem, ReadError>> + Send + 'static;
+
+    /// Starts reading the page `context` asks for.
+    fn read(
+        &self,
+        context: ReadContext<'_>,
+    ) -> impl Future<Output = Result<Self::Stream, ReadError>> + Send;
+}
+
+/// What one call of [`FeedReader::read`] is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadContext<'a> {
+    request: &'a FeedRequest,
+    page_size: usize,
+    extensions: &'a http::Extensions,
+}
+
+impl<'a> ReadContext<'a> {
+    /// A context for `request`, aiming at `page_size` events, with the HTTP
+    /// request's `extensions`. Tests of a reader make one directly.
+    pub fn new(
+        request: &'a FeedRequest,
+        page_size: usize,
+        extensions: &'a http::Extensions,
+    ) -> Self {
+        ReadContext {
+            request,
+            page_size,
+            extensions,
+        }
+    }
+
+    /// The validated feed request.
+    pub fn request(&self) -> &'a FeedRequest {
+        self.request
+    }
+
+    /// How many events to aim for in total across the request's partitions.
+    /// Never 0.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// The HTTP request's extensions (for example, the identity an
+    /// authentication layer put there).
+    pub fn extensions(&self) -> &'a http::Extensions {
+        self.extensions
+    }
+}
+
+/// Why a [`FeedReader`] could not read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The cursor given for this partition was never handed out by the feed:
+    /// the consumer's error, answered with `400 Bad Request`.
+    UnknownCursor {
+        /// The partition whose cursor is unknown.
+        partition: u32,
+    },
+    /// The store failed. Answered with a generic `500` before the first
+    /// line, or by aborting the response after it; the detail is logged,
+    /// never sent.
+    Internal(BoxError),
+}
+
+impl ReadError {
+    /// An internal error from the store.
+    pub fn internal(error: impl Into<BoxError>) -> Self {
+        ReadError::Internal(error.into())
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::UnknownCursor { partition } => {
+                write!(f, "cursor of partition {partition} was never handed out")
+            }
+            ReadError::Internal(error) => write!(f, "feed reader failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::UnknownCursor { .. } => None,
+            ReadError::Internal(error) => Some(&**error),
+        }
+    }
+}

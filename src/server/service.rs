@@ -1,0 +1,263 @@
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::{FeedBody, FeedReader, ReadContext, ReadError};
+use crate::protocol::{FeedRequest, LineEncoder, RequestError};
+
+const NDJSON: &str = "application/x-ndjson";
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
+/// A feed as a [`tower::Service`](tower_service::Service): parses the query's
+/// cursors, calls the [`FeedReader`] and streams its page as NDJSON.
+///
+/// - `GET` (and `HEAD`, which checks the query but reads nothing) are served;
+///   other methods get `405` with `Allow`.
+/// - An invalid query gets `400 text/plain` with one line naming the
+///   parameter and the reason ([`RequestError`]), as does a cursor the reader
+///   reports as [`ReadError::UnknownCursor`].
+/// - A reader error before the first line gets a generic `500`; after it,
+///   the body fails so that the connection is aborted (see [`FeedBody`]).
+///
+/// The service is always ready, cheap to clone, and never fails
+/// (`Error = Infallible`), so it mounts directly with axum's
+/// `Router::route_service` and under any tower-http layer. Keep
+/// `application/x-ndjson` out of response compression, or compress per
+/// frame, so that pages stay streamed.
+///
+/// ```
+/// use axum::Router;
+/// use zeroeventhub::server::{FeedService, MemoryFeed};
+///
+/// let feed = MemoryFeed::new(2);
+/// let app: Router = Router::new().route_service("/feed/v1", FeedService::new(feed.clone(), 2));
+/// ```
+pub struct FeedService<R> {
+    reader: Arc<R>,
+    config: Config,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    partition_count: u32,
+    default_page_size: usize,
+    max_page_size: usize,
+}
+
+impl<R: FeedReader> FeedService<R> {
+    /// The default number of events in a page when the consumer gives no hint.
+    pub const DEFAULT_PAGE_SIZE: usize = 1_000;
+
+    /// The default largest page a consumer can ask for.
+    pub const DEFAULT_MAX_PAGE_SIZE: usize = 100_000;
+
+    /// A feed of `partition_count` partitions served from `reader`.
+    pub fn new(reader: R, partition_count: u32) -> Self {
+        FeedService {
+            reader: Arc::new(reader),
+            config: Config {
+                partition_count,
+                default_page_size: Self::DEFAULT_PAGE_SIZE,
+                max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
+            },
+        }
+    }
+
+    /// Sets the page size used when the request has no `pagesizehint` (or
+    /// `0`). Raised to 1 if 0; the maximum follows if it is smaller.
+    pub fn default_page_size(mut self, size: usize) -> Self {
+        self.config.default_page_size = size.max(1);
+        self.config.max_page_size = self.config.max_page_size.max(self.config.default_page_size);
+        self
+    }
+
+    /// Sets the largest page a consumer can ask for; larger hints are
+    /// clamped to it. Raised to 1 if 0; the default follows if it is larger.
+    pub fn max_page_size(mut self, size: usize) -> Self {
+        self.config.max_page_size = size.max(1);
+        self.config.default_page_size =
+            self.config.default_page_size.min(self.config.max_page_size);
+        self
+    }
+
+    /// The feed's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.config.partition_count
+    }
+
+    /// The reader behind the service.
+    pub fn reader(&self) -> &R {
+        &self.reader
+    }
+}
+
+impl<R> Clone for FeedService<R> {
+    fn clone(&self) -> Self {
+        FeedService {
+            reader: Arc::clone(&self.reader),
+            config: self.config,
+        }
+    }
+}
+
+impl<R> fmt::Debug for FeedService<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedService")
+            .field("partition_count", &self.config.partition_count)
+            .field("default_page_size", &self.config.default_page_size)
+            .field("max_page_size", &self.config.max_page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, B> tower_service::Service<Request<B>> for FeedService<R>
+where
+    R: FeedReader,
+{
+    type Response = Response<FeedBody<R::Stream>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<R::Stream>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let method = request.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return ResponseFuture::ready(method_not_allowed(&method));
+        }
+        let query = request.uri().query().unwrap_or("");
+        let feed_request = match FeedRequest::parse(query, Some(self.config.partition_count)) {
+            Ok(feed_request) => feed_request,
+            Err(error) => return ResponseFuture::ready(bad_request(&error)),
+        };
+        if method == Method::HEAD {
+            return ResponseFuture::ready(page_response(FeedBody::empty()));
+        }
+        let page_size = feed_request
+            .page_size_hint()
+            .map_or(self.config.default_page_size, |hint| {
+                (hint as usize).min(self.config.max_page_size)
+            });
+        let reader = Arc::clone(&self.reader);
+        let extensions = request.into_parts().0.extensions;
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let context = ReadContext::new(&feed_request, page_size, &extensions);
+                let encoder = LineEncoder::new(feed_request.headers().clone());
+                let response = match reader.read(context).await {
+                    Ok(stream) => first_lines(stream, encoder).await,
+                    Err(error) => Err(error),
+                };
+                Ok(response.unwrap_or_else(|error| read_error(error)))
+            }),
+        }
+    }
+}
+
+/// Reads the page's first item before answering, so that a reader that
+/// fails at once gets a proper status instead of a broken `200`.
+async fn first_lines<S>(stream: S, encoder: LineEncoder) -> Result<Response<FeedBody<S>>, ReadError>
+where
+    S: futures_core::Stream<Item = Result<crate::protocol::FeedItem, ReadError>>,
+{
+    let mut stream = Box::pin(stream);
+    let first = poll_fn(|cx| stream.as_mut().poll_next(cx)).await;
+    let body = match first {
+        None => FeedBody::empty(),
+        Some(Err(error)) => return Err(error),
+        Some(Ok(item)) => {
+            let mut buffer = BytesMut::with_capacity(72 * 1024);
+            encoder.encode(&item, &mut buffer);
+            FeedBody::page(stream, encoder, buffer)
+        }
+    };
+    Ok(page_response(body))
+}
+
+fn page_response<S>(body: FeedBody<S>) -> Response<FeedBody<S>> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    // A page depends on the moment it is read; no cache may replay it.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text_response<S>(status: StatusCode, message: String) -> Response<FeedBody<S>> {
+    let mut response = Response::new(FeedBody::full(message + "\n"));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PLAIN_TEXT));
+    response
+}
+
+fn bad_request<S>(error: &RequestError) -> Response<FeedBody<S>> {
+    tracing::debug!(%error, "rejected feed request");
+    text_response(StatusCode::BAD_REQUEST, error.to_string())
+}
+
+fn method_not_allowed<S>(method: &Method) -> Response<FeedBody<S>> {
+    let mut response = text_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed: a feed is read with GET"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+fn read_error<S>(error: ReadError) -> Response<FeedBody<S>> {
+    match error {
+        ReadError::UnknownCursor { partition } => {
+            bad_request(&RequestError::UnknownCursor { partition })
+        }
+        error => {
+            tracing::error!(%error, "feed reader failed before the first line");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error while reading the feed".to_owned(),
+            )
+        }
+    }
+}
+
+type BoxedResponse<S> =
+    Pin<Box<dyn Future<Output = Result<Response<FeedBody<S>>, Infallible>> + Send>>;
+
+/// The future of [`FeedService`]'s response.
+pub struct ResponseFuture<S> {
+    inner: BoxedResponse<S>,
+}
+
+impl<S: Send + 'static> ResponseFuture<S> {
+    fn ready(response: Response<FeedBody<S>>) -> Self {
+        ResponseFuture {
+            inner: Box::pin(std::future::ready(Ok(response))),
+        }
+    }
+}
+
+impl<S> Future for ResponseFuture<S> {
+    type Output = Result<Response<FeedBody<S>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S> fmt::Debug for ResponseFuture<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
