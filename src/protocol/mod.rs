@@ -5,6 +5,7 @@
 //! Everything here is plain data and pure functions; no I/O.
 
 mod cursor;
+mod decode;
 mod encode;
 mod error;
 mod item;
@@ -13,6 +14,7 @@ mod query;
 mod request;
 
 pub use cursor::{Cursor, InvalidCursor};
+pub use decode::{DecodeError, DecodeErrorKind, LineDecoder};
 pub use encode::LineEncoder;
 pub use error::RequestError;
 pub use item::{Checkpoint, Event, FeedItem, Headers};
