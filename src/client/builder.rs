@@ -1,0 +1,242 @@
+use std::fmt;
+use std::time::Duration;
+
+use http::Uri;
+use tower::layer::util::{Identity, Stack};
+use tower::retry::Retry;
+use tower::timeout::Timeout;
+use tower_layer::Layer;
+
+use super::{Client, RetryPolicy};
+use crate::protocol::{LineDecoder, RawJson};
+
+/// The stack the builder puts around a transport `S` (with the user's
+/// layers): tower's retry with [`RetryPolicy`], outside tower's timeout on
+/// the response head, so that each attempt has its own timeout.
+pub type ClientStack<S> = Retry<RetryPolicy, Timeout<S>>;
+
+/// The default transport: hyper-util's pooled HTTP/1 client, able to speak
+/// HTTPS when the `rustls` feature is on.
+#[cfg(feature = "hyper-client")]
+pub type HttpTransport =
+    hyper_util::client::legacy::Client<Connector, http_body_util::Empty<bytes::Bytes>>;
+
+#[cfg(all(feature = "hyper-client", not(feature = "rustls")))]
+type Connector = hyper_util::client::legacy::connect::HttpConnector;
+
+#[cfg(feature = "rustls")]
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// Builds a [`Client`] with the default stack: retry with backoff, a
+/// timeout on each attempt's response head, an idle timeout on the body,
+/// and, with [`build`](Self::build), hyper-util's pooled client.
+///
+/// Requests go through, from the outside in: the retry
+/// ([`RetryPolicy`]), the head timeout, the layers added with
+/// [`layer`](Self::layer), the transport. The user's layers thus run on
+/// every attempt.
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use zeroeventhub::client::Client;
+/// use zeroeventhub::server::MemoryFeed;
+///
+/// let feed = MemoryFeed::new(4);
+/// let client = Client::builder("http://feed.example/v1".parse().unwrap(), 4)
+///     .max_attempts(3)
+///     .head_timeout(Duration::from_secs(10))
+///     .layer(tower::util::MapRequestLayer::new(
+///         |mut request: http::Request<Empty<Bytes>>| {
+///             request.headers_mut().insert("x-consumer", "billing".parse().unwrap());
+///             request
+///         },
+///     ))
+///     .build_with(feed.service());
+/// # let _ = client;
+/// # }
+/// ```
+#[must_use = "a builder does nothing until it builds"]
+pub struct ClientBuilder<L = Identity> {
+    url: Uri,
+    partitions: u32,
+    layer: L,
+    retry: RetryPolicy,
+    head_timeout: Duration,
+    idle_timeout: Duration,
+    max_line_length: usize,
+    #[cfg(feature = "hyper-client")]
+    pool_idle_timeout: Duration,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(url: Uri, partitions: u32) -> Self {
+        ClientBuilder {
+            url,
+            partitions,
+            layer: Identity::new(),
+            retry: RetryPolicy::new(),
+            head_timeout: Self::DEFAULT_HEAD_TIMEOUT,
+            idle_timeout: Client::<()>::DEFAULT_IDLE_TIMEOUT,
+            max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
+            #[cfg(feature = "hyper-client")]
+            pool_idle_timeout: Self::DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl<L> ClientBuilder<L> {
+    /// The default timeout on each attempt's response head: 30 s.
+    pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The default time an idle pooled connection is kept: 4 s.
+    ///
+    /// Below the shortest keep-alive of common servers (5 s for Node.js and
+    /// Apache; nginx keeps 75 s, load balancers about 60 s), so that the
+    /// pool rarely hands out a connection the server is closing. A consumer
+    /// that reads pages back to back still reuses its connection; one that
+    /// polls less often reconnects, which costs little next to the poll
+    /// interval. When it happens anyway, the retry policy retries it.
+    #[cfg(feature = "hyper-client")]
+    pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+    /// Sets how many attempts are made in all, the first one included
+    /// (default 5; `1` disables retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.retry = self.retry.with_max_attempts(attempts);
+        self
+    }
+
+    /// Sets the backoff between attempts: about `base` before the first
+    /// retry, doubling up to `max`, with jitter (defaults 100 ms and 5 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.retry = self.retry.with_backoff(base, max);
+        self
+    }
+
+    /// Sets the longest `Retry-After` waited for (default 60 s); with a
+    /// longer one, the status error is returned at once.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.retry = self.retry.with_max_retry_after(max);
+        self
+    }
+
+    /// Replaces the retry policy as a whole.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the timeout on each attempt's response head (default 30 s).
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a body may send nothing before the page fails
+    /// (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest line accepted, in bytes (default 4 MiB).
+    pub fn max_line_length(mut self, max: usize) -> Self {
+        self.max_line_length = max;
+        self
+    }
+
+    /// Sets how long an idle pooled connection of the default transport is
+    /// kept (default [`DEFAULT_POOL_IDLE_TIMEOUT`](Self::DEFAULT_POOL_IDLE_TIMEOUT)).
+    #[cfg(feature = "hyper-client")]
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// Adds a layer of the user's next to the transport, inside the retry
+    /// and the head timeout, so that it runs on every attempt: auth
+    /// (`tower_http::auth::AddAuthorizationLayer`), headers, tracing. Of
+    /// several layers, the first added is the outermost, as with
+    /// `tower::ServiceBuilder`.
+    pub fn layer<T>(self, layer: T) -> ClientBuilder<Stack<T, L>> {
+        ClientBuilder {
+            url: self.url,
+            partitions: self.partitions,
+            layer: Stack::new(layer, self.layer),
+            retry: self.retry,
+            head_timeout: self.head_timeout,
+            idle_timeout: self.idle_timeout,
+            max_line_length: self.max_line_length,
+            #[cfg(feature = "hyper-client")]
+            pool_idle_timeout: self.pool_idle_timeout,
+        }
+    }
+
+    /// Builds the client over `transport`: any `tower::Service` for HTTP
+    /// requests, such as a hyper-util client configured differently, or
+    /// the crate's `FeedService` as an in-memory transport.
+    pub fn build_with<S>(self, transport: S) -> Client<ClientStack<L::Service>>
+    where
+        L: Layer<S>,
+    {
+        let service = Retry::new(
+            self.retry,
+            Timeout::new(self.layer.layer(transport), self.head_timeout),
+        );
+        Client::new(service, self.url, self.partitions)
+            .with_idle_timeout(self.idle_timeout)
+            .with_max_line_length(self.max_line_length)
+    }
+
+    /// Builds the client over hyper-util's pooled HTTP/1 client (HTTP and,
+    /// with the `rustls` feature, HTTPS with the webpki roots), with
+    /// `TCP_NODELAY` and the pool idle timeout set.
+    #[cfg(feature = "hyper-client")]
+    pub fn build(self) -> Client<ClientStack<L::Service>>
+    where
+        L: Layer<HttpTransport>,
+    {
+        let transport = http_transport(self.pool_idle_timeout);
+        self.build_with(transport)
+    }
+}
+
+#[cfg(feature = "hyper-client")]
+fn http_transport(pool_idle_timeout: Duration) -> HttpTransport {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    #[cfg(feature = "rustls")]
+    let connector = {
+        http.enforce_http(false);
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http)
+    };
+    #[cfg(not(feature = "rustls"))]
+    let connector = http;
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+impl<L> fmt::Debug for ClientBuilder<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("partitions", &self.partitions)
+            .field("retry", &self.retry)
+            .field("head_timeout", &self.head_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_line_length", &self.max_line_length)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,314 @@
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::BoxError;
+use crate::protocol::{DecodeError, RequestError};
+
+/// Why fetching a page failed.
+///
+/// One opaque type, with predicates to decide what to do: a caller must be
+/// able to tell "retry later" from "this feed is broken" without parsing
+/// strings. The cause, when there is one, is the [`source`](StdError::source).
+///
+/// | predicate | what happened | what to do |
+/// |---|---|---|
+/// | [`is_invalid_request`](Self::is_invalid_request) | the request was refused before sending | fix the calling code |
+/// | [`is_connect`](Self::is_connect) | no connection, or it broke before the answer | retry later |
+/// | [`is_timeout`](Self::is_timeout) | no answer in time, or the body went idle | retry later, from the stored cursors |
+/// | [`is_status`](Self::is_status) | the feed answered with a non-2xx status | see [`status`](Self::status) |
+/// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
+/// | [`is_decode`](Self::is_decode) | a line breaks the protocol | the feed is broken: report it |
+/// | [`is_receiver`](Self::is_receiver) | the [`EventReceiver`](super::EventReceiver) failed | see its error |
+///
+/// An error after some lines were handed out never makes those lines
+/// wrong: the consumer keeps what it committed and resumes from its last
+/// stored cursors.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    InvalidRequest,
+    Connect,
+    Request,
+    HeadTimeout,
+    IdleTimeout(Duration),
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        excerpt: String,
+    },
+    Decode {
+        line: u64,
+    },
+    Truncated,
+    Receiver,
+}
+
+impl Error {
+    fn new(kind: Kind, source: Option<BoxError>) -> Self {
+        Error {
+            inner: Box::new(Inner { kind, source }),
+        }
+    }
+
+    pub(crate) fn invalid_request(error: RequestError) -> Self {
+        Self::new(Kind::InvalidRequest, Some(error.into()))
+    }
+
+    /// A transport error, classified by what its chain of causes says.
+    pub(crate) fn transport(error: BoxError) -> Self {
+        let kind = if is_elapsed(&*error) {
+            Kind::HeadTimeout
+        } else if super::retry::is_connection_failure(&*error) {
+            Kind::Connect
+        } else {
+            Kind::Request
+        };
+        Self::new(kind, Some(error))
+    }
+
+    pub(crate) fn idle_timeout(after: Duration) -> Self {
+        Self::new(Kind::IdleTimeout(after), None)
+    }
+
+    pub(crate) fn from_status(
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        excerpt: String,
+    ) -> Self {
+        Self::new(
+            Kind::Status {
+                status,
+                retry_after,
+                excerpt,
+            },
+            None,
+        )
+    }
+
+    pub(crate) fn decode(error: DecodeError) -> Self {
+        Self::new(Kind::Decode { line: error.line() }, Some(error.into()))
+    }
+
+    pub(crate) fn truncated(error: BoxError) -> Self {
+        Self::new(Kind::Truncated, Some(error))
+    }
+
+    pub(crate) fn receiver(error: BoxError) -> Self {
+        Self::new(Kind::Receiver, Some(error))
+    }
+
+    /// Whether the request was refused before sending: it breaks a rule of
+    /// the protocol, or does not match the client (partition count).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(self.inner.kind, Kind::InvalidRequest)
+    }
+
+    /// Whether the connection could not be made, or broke before the
+    /// answer's head arrived (a refused or reset connection, a pooled
+    /// connection closed under the request).
+    pub fn is_connect(&self) -> bool {
+        matches!(self.inner.kind, Kind::Connect)
+    }
+
+    /// Whether the answer's head did not arrive in time, or its body sent
+    /// nothing for longer than the idle timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::HeadTimeout | Kind::IdleTimeout(_))
+    }
+
+    /// Whether the feed answered with a status other than 2xx.
+    pub fn is_status(&self) -> bool {
+        matches!(self.inner.kind, Kind::Status { .. })
+    }
+
+    /// The status the feed answered with, for a status error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.inner.kind {
+            Kind::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long the feed asked to wait (`Retry-After`, in seconds or as a
+    /// date), for a status error that had one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.inner.kind {
+            Kind::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The start of the answer's body (at most 1 KiB, invalid UTF-8
+    /// replaced), for a status error. For a 400 from a ZeroEventHub server
+    /// it names the wrong parameter.
+    pub fn body_excerpt(&self) -> Option<&str> {
+        match &self.inner.kind {
+            Kind::Status { excerpt, .. } => Some(excerpt),
+            _ => None,
+        }
+    }
+
+    /// Whether a line of the answer breaks the protocol; the source is the
+    /// [`DecodeError`].
+    pub fn is_decode(&self) -> bool {
+        matches!(self.inner.kind, Kind::Decode { .. })
+    }
+
+    /// The number of the offending line (from 1), for a decode error.
+    pub fn line(&self) -> Option<u64> {
+        match self.inner.kind {
+            Kind::Decode { line } => Some(line),
+            _ => None,
+        }
+    }
+
+    /// Whether the answer's body broke off before its end (connection
+    /// closed or reset, length not met, chunked framing cut).
+    pub fn is_truncated(&self) -> bool {
+        matches!(self.inner.kind, Kind::Truncated)
+    }
+
+    /// Whether the [`EventReceiver`](super::EventReceiver) returned an
+    /// error; the source is that error.
+    pub fn is_receiver(&self) -> bool {
+        matches!(self.inner.kind, Kind::Receiver)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.kind {
+            Kind::InvalidRequest => {
+                f.write_str("refused to send an invalid feed request; fix the calling code")
+            }
+            Kind::Connect => f.write_str(
+                "the connection to the feed failed before it answered; \
+                 check the URL and that the feed is up, then retry",
+            ),
+            Kind::Request => {
+                f.write_str("the request to the feed failed before an answer; see the cause")
+            }
+            Kind::HeadTimeout => {
+                f.write_str("the feed did not answer in time; it may be overloaded, retry later")
+            }
+            Kind::IdleTimeout(after) => write!(
+                f,
+                "the feed sent nothing for {after:?} in the middle of a page; \
+                 resume from the last stored cursors"
+            ),
+            Kind::Status {
+                status,
+                retry_after,
+                excerpt,
+            } => {
+                write!(f, "the feed answered {status}")?;
+                if let Some(wait) = retry_after {
+                    write!(f, " (retry after {}s)", wait.as_secs())?;
+                }
+                let detail = excerpt.lines().next().unwrap_or("").trim();
+                if !detail.is_empty() {
+                    write!(f, ": {}", shorten(detail, 200))?;
+                }
+                f.write_str(match status.as_u16() {
+                    400 => "; the feed refused the request: check the partition count and cursors",
+                    401 | 403 => "; check the credentials",
+                    404 => "; check the feed URL",
+                    429 | 502..=504 => "; retry later",
+                    500..=599 => "; the feed failed, retry later or tell its owner",
+                    _ => "",
+                })
+            }
+            Kind::Decode { .. } => f.write_str(
+                "the feed sent a line that breaks the protocol; report it to the feed's owner",
+            ),
+            Kind::Truncated => f.write_str(
+                "the feed's answer broke off before its end; resume from the last stored cursors",
+            ),
+            Kind::Receiver => f.write_str("the event receiver failed"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("Error");
+        debug.field("kind", &self.inner.kind);
+        if let Some(source) = &self.inner.source {
+            debug.field("source", source);
+        }
+        debug.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|source| &**source as &(dyn StdError + 'static))
+    }
+}
+
+/// Whether `error` or one of its causes is tower's timeout.
+fn is_elapsed(error: &(dyn StdError + 'static)) -> bool {
+    super::retry::causes(error).any(|cause| cause.is::<tower::timeout::error::Elapsed>())
+}
+
+fn shorten(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_say_what_to_do() {
+        let error = Error::from_status(
+            StatusCode::BAD_REQUEST,
+            None,
+            "parameter \"cursor0\": not a cursor this feed handed out\n".into(),
+        );
+        assert!(error.is_status() && !error.is_timeout());
+        assert_eq!(
+            error.to_string(),
+            "the feed answered 400 Bad Request: parameter \"cursor0\": not a cursor this feed \
+             handed out; the feed refused the request: check the partition count and cursors"
+        );
+        let error = Error::from_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(7)),
+            String::new(),
+        );
+        assert_eq!(
+            error.to_string(),
+            "the feed answered 429 Too Many Requests (retry after 7s); retry later"
+        );
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn transport_errors_are_classified_by_their_causes() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(Error::transport(refused.into()).is_connect());
+        let elapsed: BoxError = tower::timeout::error::Elapsed::new().into();
+        assert!(Error::transport(elapsed).is_timeout());
+        let other = Error::transport("bad uri".into());
+        assert!(!other.is_connect() && !other.is_timeout());
+        assert_eq!(other.source().unwrap().to_string(), "bad uri");
+    }
+}

@@ -1,0 +1,307 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
+use std::time::Duration;
+
+use bytes::Buf;
+use futures_core::Stream;
+use http::uri::{Parts, PathAndQuery};
+use http::{Request, Uri, header};
+use http_body::Body;
+use http_body_util::Empty;
+use serde::de::DeserializeOwned;
+
+use super::retry::retry_after;
+use super::{ClientBuilder, Error, EventReceiver, FeedStream, HttpService, Page};
+use crate::protocol::{FeedItem, FeedRequest, LineDecoder, RawJson, RequestError};
+
+/// A consumer of one feed, over any HTTP service.
+///
+/// Configured with the feed's URL and partition count, it sends
+/// [`FeedRequest`]s and decodes the answers. [`Client::builder`] makes one
+/// with the default stack (retry, timeouts, hyper-util's pooled client);
+/// [`Client::new`] takes any [`HttpService`] as it is.
+///
+/// Cloning is as cheap as cloning the service; clones share its connection
+/// pool.
+#[derive(Clone)]
+pub struct Client<S> {
+    service: S,
+    url: Uri,
+    /// The URL's own query parameters, without the protocol's.
+    kept_query: String,
+    partitions: u32,
+    idle_timeout: Duration,
+    max_line_length: usize,
+}
+
+impl Client<()> {
+    /// A builder for a client of the feed at `url` with `partitions`
+    /// partitions, with the default stack.
+    pub fn builder(url: Uri, partitions: u32) -> ClientBuilder {
+        ClientBuilder::new(url, partitions)
+    }
+}
+
+impl<S> Client<S> {
+    /// The default idle timeout of a body: 30 s.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A client of the feed at `url` with `partitions` partitions, sending
+    /// its requests through `service` as it is: no retry and no timeout on
+    /// the response head unless the service has them. The body's idle
+    /// timeout ([`DEFAULT_IDLE_TIMEOUT`](Self::DEFAULT_IDLE_TIMEOUT)) and
+    /// the line length limit apply whatever the service.
+    ///
+    /// The URL's own query parameters are kept in every request, except
+    /// those the protocol sets (`n`, `cursor...`, `pagesizehint`,
+    /// `headers`), which each request replaces.
+    pub fn new(service: S, url: Uri, partitions: u32) -> Self {
+        let kept_query = url.query().map(kept_parameters).unwrap_or_default();
+        Client {
+            service,
+            url,
+            kept_query,
+            partitions,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
+        }
+    }
+
+    /// Sets how long a body may send nothing before the page fails with a
+    /// timeout.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the longest line accepted, in bytes (default 4 MiB).
+    pub fn with_max_line_length(mut self, max: usize) -> Self {
+        self.max_line_length = max;
+        self
+    }
+
+    /// The feed's URL, as configured.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The feed's partition count, as configured.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The service requests go through.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The URL the client sends `request` to: the feed's URL with the
+    /// request's query parameters.
+    pub fn url_for(&self, request: &FeedRequest) -> Uri {
+        let mut query = self.kept_query.clone();
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str(&request.to_query());
+        let mut parts = Parts::default();
+        parts.scheme = self.url.scheme().cloned();
+        parts.authority = self.url.authority().cloned();
+        let path = match self.url.path() {
+            "" => "/",
+            path => path,
+        };
+        parts.path_and_query = Some(
+            PathAndQuery::try_from(format!("{path}?{query}"))
+                .expect("a valid URL's path and query with percent-encoded parameters added"),
+        );
+        Uri::from_parts(parts).expect("the parts of a valid URL")
+    }
+
+    /// Refuses a request this client must not send.
+    fn check(&self, request: &FeedRequest) -> Result<(), Error> {
+        if request.partition_count() != self.partitions {
+            return Err(Error::invalid_request(
+                RequestError::PartitionCountMismatch {
+                    feed: self.partitions,
+                    requested: request.partition_count(),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<S: HttpService + Clone> Client<S> {
+    /// Sends `request` and returns the page's lines as they arrive, with
+    /// event data as [`RawJson`].
+    ///
+    /// Fails before sending when the request's partition count is not the
+    /// client's; fails with a status error, with the status, `Retry-After`
+    /// and the start of the body, when the answer is not 2xx. Retries, if
+    /// the service does them, all happen before this returns.
+    pub async fn fetch(&self, request: &FeedRequest) -> Result<FeedStream<S::ResponseBody>, Error> {
+        self.fetch_as(request).await
+    }
+
+    /// Like [`fetch`](Self::fetch), with event data deserialized into `D`.
+    pub async fn fetch_as<D: DeserializeOwned + 'static>(
+        &self,
+        request: &FeedRequest,
+    ) -> Result<FeedStream<S::ResponseBody, D>, Error> {
+        self.check(request)?;
+        let mut http_request = Request::new(Empty::new());
+        *http_request.uri_mut() = self.url_for(request);
+        http_request.headers_mut().insert(
+            header::ACCEPT,
+            header::HeaderValue::from_static("application/x-ndjson"),
+        );
+
+        let mut service = self.service.clone();
+        poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .map_err(|error| Error::transport(error.into()))?;
+        let response = service
+            .call(http_request)
+            .await
+            .map_err(|error| Error::transport(error.into()))?;
+
+        let (head, body) = response.into_parts();
+        if !head.status.is_success() {
+            let excerpt = read_excerpt(body, self.idle_timeout).await;
+            return Err(Error::from_status(
+                head.status,
+                retry_after(&head.headers),
+                excerpt,
+            ));
+        }
+        let decoder = LineDecoder::for_request(request).with_max_line_length(self.max_line_length);
+        Ok(FeedStream::new(body, decoder, self.idle_timeout))
+    }
+
+    /// Fetches a whole page and sorts it into what may be committed and
+    /// what may not: see [`Page`] for the consumption loop. The page is held
+    /// in memory; to stream it, use [`fetch`](Self::fetch).
+    pub async fn fetch_page(&self, request: &FeedRequest) -> Result<Page, Error> {
+        self.fetch_page_as(request).await
+    }
+
+    /// Like [`fetch_page`](Self::fetch_page), with event data deserialized
+    /// into `D`.
+    pub async fn fetch_page_as<D: DeserializeOwned + 'static>(
+        &self,
+        request: &FeedRequest,
+    ) -> Result<Page<D>, Error> {
+        let mut stream = self.fetch_as::<D>(request).await?;
+        let mut items = Vec::new();
+        while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            items.push(item?);
+        }
+        Ok(Page::new(request, items))
+    }
+
+    /// Fetches a page and hands each line to `receiver` as it arrives.
+    ///
+    /// Returns when the page ended cleanly, or with the first error of the
+    /// transport, the page or the receiver; the lines before it were
+    /// handed over. See [`EventReceiver`] for consuming exactly once.
+    pub async fn fetch_into<D, R>(
+        &self,
+        request: &FeedRequest,
+        receiver: &mut R,
+    ) -> Result<(), Error>
+    where
+        D: DeserializeOwned + 'static,
+        R: EventReceiver<D>,
+    {
+        let mut stream = self.fetch_as::<D>(request).await?;
+        while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+            let delivered = match item? {
+                FeedItem::Event(event) => receiver.event(event).await,
+                FeedItem::Checkpoint(checkpoint) => receiver.checkpoint(checkpoint).await,
+            };
+            delivered.map_err(|error| Error::receiver(error.into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl<S> fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("partitions", &self.partitions)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_line_length", &self.max_line_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pairs of a URL's query that are not the protocol's, as they are
+/// (keys compared once percent-decoded).
+fn kept_parameters(query: &str) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            !FeedRequest::is_protocol_parameter(&decode_component(key))
+        })
+        .collect();
+    kept.join("&")
+}
+
+fn decode_component(component: &str) -> Cow<'_, str> {
+    if component.contains('+') {
+        let spaced = component.replace('+', " ");
+        Cow::Owned(
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        percent_encoding::percent_decode_str(component).decode_utf8_lossy()
+    }
+}
+
+/// The first KiB of an error answer's body, read with the idle timeout;
+/// whatever arrived when it ends, fails or stalls.
+async fn read_excerpt<B: Body>(body: B, idle_timeout: Duration) -> String {
+    const MAX: usize = 1024;
+    let mut body = pin!(body);
+    let mut excerpt = Vec::new();
+    while excerpt.len() < MAX {
+        let frame = tokio::time::timeout(idle_timeout, poll_fn(|cx| body.as_mut().poll_frame(cx)));
+        match frame.await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(mut data) = frame.into_data() {
+                    while data.has_remaining() && excerpt.len() < MAX {
+                        let chunk = data.chunk();
+                        let take = chunk.len().min(MAX - excerpt.len());
+                        excerpt.extend_from_slice(&chunk[..take]);
+                        data.advance(take);
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&excerpt).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_parameters_of_the_url_are_dropped() {
+        assert_eq!(
+            kept_parameters(
+                "token=a%26b&n=3&cursor0=x&%63ursor1=y&pagesizehint=1&headers=h&x=1&&cursorless"
+            ),
+            "token=a%26b&x=1"
+        );
+        assert_eq!(kept_parameters("n+=1&a+b=2"), "n+=1&a+b=2");
+    }
+}

@@ -1,0 +1,118 @@
+//! The consumer side: a [`Client`] over any HTTP service, the default stack
+//! around hyper-util's client, pages for exactly-once consumption, and
+//! errors a caller can act on.
+//!
+//! - [`Client::builder`] assembles the default stack: retry with
+//!   [`RetryPolicy`] (connection failures, `429`, `502`-`504`, with backoff
+//!   and `Retry-After`), a timeout on each attempt's response head, your own
+//!   layers (auth, tracing), and hyper-util's pooled client
+//!   ([`ClientBuilder::build`]) or any transport
+//!   ([`ClientBuilder::build_with`]). [`Client::new`] takes any
+//!   [`HttpService`] as it is.
+//! - [`Client::fetch`] streams a page's lines as they arrive
+//!   ([`FeedStream`]), never holding the page; the body has an idle timeout
+//!   and a line length limit, and a body that breaks off is an error, never
+//!   a short page.
+//! - [`Client::fetch_page`] gives a [`Page`]: the events safe to commit,
+//!   those that are not, and the next cursors. [`Client::fetch_into`] hands
+//!   lines to an [`EventReceiver`] instead.
+//! - [`Error`] tells apart what to retry from what is broken.
+//!
+//! Retries happen only before the first line is handed out: tower's retry
+//! decides on the response head. After that an error ends the page, and the
+//! consumer resumes from its stored cursors. That, and storing events with
+//! the cursor that covers them in one transaction, is what makes
+//! consumption exactly-once.
+//!
+//! # Consuming a feed
+//!
+//! The loop a consumer writes: fetch a page from the stored cursors, store
+//! the covered events and the next cursors in one transaction, go on from
+//! there. Here with the crate's in-memory feed as the transport; against a
+//! real feed, use [`ClientBuilder::build`].
+//!
+//! ```
+//! # #[cfg(feature = "server")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use zeroeventhub::client::Client;
+//! use zeroeventhub::protocol::{Cursor, Event, FeedRequest, RawJson};
+//! use zeroeventhub::server::MemoryFeed;
+//!
+//! let feed = MemoryFeed::new(2);
+//! for i in 0..100 {
+//!     feed.append(Event::new(i % 2, RawJson::from_serialize(&serde_json::json!({ "n": i }))?))?;
+//! }
+//!
+//! let client = Client::builder("http://feed.example/events".parse()?, 2)
+//!     .idle_timeout(Duration::from_secs(10))
+//!     .build_with(feed.service());
+//!
+//! // What the consumer's database holds: its events, and one cursor per partition.
+//! let mut stored_events = Vec::new();
+//! let mut stored_cursors = vec![(0, Cursor::first()), (1, Cursor::first())];
+//!
+//! loop {
+//!     let request = FeedRequest::new(2, stored_cursors.clone())?.with_page_size_hint(30);
+//!     let page = client.fetch_page(&request).await?;
+//!     // One transaction: the covered events and the cursors that cover them.
+//!     stored_events.extend(page.events().iter().cloned());
+//!     stored_cursors = page.next_cursors().to_vec();
+//!     if !page.made_progress() {
+//!         break; // caught up; a long-running consumer sleeps and polls again
+//!     }
+//! }
+//! assert_eq!(stored_events.len(), 100);
+//! # Ok(())
+//! # }
+//! # #[cfg(feature = "server")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! Reading lines as they arrive instead, for pages too large to hold:
+//!
+//! ```
+//! # #[cfg(feature = "server")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::TryStreamExt;
+//! use zeroeventhub::client::Client;
+//! use zeroeventhub::protocol::{Cursor, Event, FeedItem, FeedRequest, RawJson};
+//! use zeroeventhub::server::MemoryFeed;
+//!
+//! let feed = MemoryFeed::new(1);
+//! feed.append(Event::new(0, RawJson::from_bytes(r#"{"hello":"world"}"#)?))?;
+//! let client = Client::builder("http://feed.example/events".parse()?, 1).build_with(feed.service());
+//!
+//! let request = FeedRequest::new(1, [(0, Cursor::first())])?;
+//! let mut lines = client.fetch(&request).await?;
+//! while let Some(item) = lines.try_next().await? {
+//!     match item {
+//!         FeedItem::Event(event) => println!("event {}", event.data),
+//!         FeedItem::Checkpoint(checkpoint) => println!("may resume from {}", checkpoint.cursor),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! # #[cfg(feature = "server")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+
+mod builder;
+mod error;
+mod fetch;
+mod page;
+mod receiver;
+mod retry;
+mod service;
+mod stream;
+
+#[cfg(feature = "hyper-client")]
+pub use builder::HttpTransport;
+pub use builder::{ClientBuilder, ClientStack};
+pub use error::Error;
+pub use fetch::Client;
+pub use page::Page;
+pub use receiver::EventReceiver;
+pub use retry::RetryPolicy;
+pub use service::HttpService;
+pub use stream::FeedStream;

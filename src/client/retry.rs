@@ -1,0 +1,345 @@
+use std::error::Error as StdError;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::Empty;
+use tower::retry::Policy;
+
+use crate::BoxError;
+
+/// The client's retry policy for [`tower::retry`]: retries exactly what is
+/// safe and useful for a feed's GET.
+///
+/// Retried:
+/// - connection failures: refused, reset, aborted, broken pipe, closed
+///   before the answer (found anywhere in the error's chain of causes),
+///   including a pooled connection that the server closed under the request;
+/// - `429`, `502`, `503` and `504`: after a capped exponential backoff with
+///   jitter, or, when the answer has `Retry-After` (seconds or an HTTP
+///   date), after exactly that long, unless it is longer than
+///   [`max_retry_after`](Self::max_retry_after), in which case the status
+///   is returned for the caller to see.
+///
+/// Never retried: any other status (`400`, `401`, `404`...), a timeout of
+/// the response head, any other error. At most
+/// [`max_attempts`](Self::max_attempts) attempts are made in all.
+///
+/// tower's retry decides when the response *head* arrives, so a retry never
+/// happens once a line of the body was handed to the caller: after that, an
+/// error ends the page and the consumer resumes from its stored cursors,
+/// which is what keeps consumption exactly-once.
+///
+/// The policy is for the requests the client sends (`GET`, empty body);
+/// the error type is [`BoxError`], as tower's timeout layer makes it.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    max_retry_after: Duration,
+    /// Attempts made so far for the request this copy of the policy serves
+    /// (tower's retry clones the policy for each request).
+    attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            backoff_base: Self::DEFAULT_BACKOFF_BASE,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+            max_retry_after: Self::DEFAULT_MAX_RETRY_AFTER,
+            attempts: 0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The default number of attempts in all: 5.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+    /// The default delay before the first retry: 100 ms.
+    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+    /// The default longest delay between attempts: 5 s.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+    /// The default longest `Retry-After` honoured: 60 s.
+    pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+    /// The policy with the defaults above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many attempts are made in all, the first one included;
+    /// `1` disables retries (`0` counts as `1`).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets the backoff: the `n`th retry waits about `base * 2^(n-1)`,
+    /// at most `max`, with jitter taking it down to as little as half.
+    pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max.max(base);
+        self
+    }
+
+    /// Sets the longest `Retry-After` honoured; a longer one is not waited
+    /// for, and its status is returned instead.
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// How many attempts are made in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The longest `Retry-After` honoured.
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    /// The delay before the next retry, `attempts` having failed.
+    fn backoff(&self) -> Duration {
+        let doublings = self.attempts.saturating_sub(1).min(31);
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max);
+        // "Equal jitter": half fixed, half random, so that clients that
+        // failed together do not retry together, yet never hammer at once.
+        let half = ceiling / 2;
+        let random = jitter(self.attempts);
+        half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
+    }
+
+    /// The delay the answer asks for, if it is retryable; `None` when it
+    /// must be returned to the caller.
+    fn delay_for(&self, response_status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+        match response_status.as_u16() {
+            429 | 502 | 503 | 504 => match retry_after(headers) {
+                Some(wait) if wait > self.max_retry_after => None,
+                Some(wait) => Some(wait),
+                None => Some(self.backoff()),
+            },
+            _ => None,
+        }
+    }
+}
+
+impl<B> Policy<Request<Empty<Bytes>>, Response<B>, BoxError> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<Empty<Bytes>>,
+        result: &mut Result<Response<B>, BoxError>,
+    ) -> Option<Self::Future> {
+        self.attempts += 1;
+        if self.attempts >= self.max_attempts {
+            return None;
+        }
+        let delay = match result {
+            Ok(response) => self.delay_for(response.status(), response.headers())?,
+            Err(error) if is_connection_failure(&**error) => self.backoff(),
+            Err(_) => return None,
+        };
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, request: &Request<Empty<Bytes>>) -> Option<Request<Empty<Bytes>>> {
+        let mut clone = Request::new(Empty::new());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.version_mut() = request.version();
+        *clone.headers_mut() = request.headers().clone();
+        *clone.extensions_mut() = request.extensions().clone();
+        Some(clone)
+    }
+}
+
+/// A pseudo-random number for jitter, without a dependency: std's
+/// `RandomState` is seeded randomly per thread and differs on each call.
+fn jitter(salt: u32) -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(salt);
+    hasher.finish()
+}
+
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date
+/// (a date in the past means now).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// `error` and its chain of causes.
+pub(crate) fn causes<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&error| error.source())
+}
+
+/// Whether the connection failed before the answer's head: safe to retry
+/// for an idempotent GET, since the feed cannot have answered.
+pub(crate) fn is_connection_failure(error: &(dyn StdError + 'static)) -> bool {
+    causes(error).any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+                    | UnexpectedEof
+                    | NotConnected
+            );
+        }
+        #[cfg(feature = "hyper-client")]
+        {
+            if let Some(legacy) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
+                if legacy.is_connect() {
+                    return true;
+                }
+            }
+            if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+                // A pooled connection that the server closed while the
+                // request was on its way: the request was not answered.
+                return hyper.is_incomplete_message() || hyper.is_canceled() || hyper.is_closed();
+            }
+        }
+        false
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(value) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value.parse().unwrap());
+        }
+        Ok(response)
+    }
+
+    fn decide(policy: &mut RetryPolicy, mut result: Result<Response<()>, BoxError>) -> bool {
+        let mut request = Request::new(Empty::new());
+        policy.retry(&mut request, &mut result).is_some()
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, " 12 ".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        headers.insert(
+            http::header::RETRY_AFTER,
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        let mut policy = RetryPolicy::new()
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(700))
+            .with_max_attempts(100);
+        for (attempts, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 700), (30, 700), (99, 700)] {
+            policy.attempts = attempts;
+            for _ in 0..20 {
+                let delay = policy.backoff();
+                let ceiling = Duration::from_millis(ceiling);
+                assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_safe_cases_are_retried() {
+        for (status, retry_after, retried) in [
+            (503, None, true),
+            (502, None, true),
+            (504, None, true),
+            (503, Some("3"), true),
+            (429, Some("3"), true),
+            (429, None, true),
+            (429, Some("61"), false),
+            (500, None, false),
+            (400, None, false),
+            (401, None, false),
+            (404, None, false),
+            (200, None, false),
+        ] {
+            let mut policy = RetryPolicy::new();
+            assert_eq!(
+                decide(&mut policy, response(status, retry_after)),
+                retried,
+                "{status} {retry_after:?}"
+            );
+        }
+        let reset: BoxError = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+        assert!(decide(&mut RetryPolicy::new(), Err(reset)));
+        let other: BoxError = "invalid URI".into();
+        assert!(!decide(&mut RetryPolicy::new(), Err(other)));
+        let elapsed: BoxError = tower::timeout::error::Elapsed::new().into();
+        assert!(!decide(&mut RetryPolicy::new(), Err(elapsed)));
+    }
+
+    #[tokio::test]
+    async fn attempts_are_capped() {
+        let mut policy = RetryPolicy::new().with_max_attempts(3);
+        assert!(decide(&mut policy, response(503, None)));
+        assert!(decide(&mut policy, response(503, None)));
+        assert!(!decide(&mut policy, response(503, None)));
+        assert!(!decide(
+            &mut RetryPolicy::new().with_max_attempts(0),
+            response(503, None)
+        ));
+    }
+
+    #[test]
+    fn clones_keep_everything_but_the_body() {
+        let mut request = Request::get("http://feed/x?n=1&cursor0=_first")
+            .header("authorization", "Bearer t")
+            .body(Empty::new())
+            .unwrap();
+        request.extensions_mut().insert(7u8);
+        let clone =
+            Policy::<_, Response<()>, BoxError>::clone_request(&mut RetryPolicy::new(), &request)
+                .unwrap();
+        assert_eq!(clone.uri(), request.uri());
+        assert_eq!(clone.headers(), request.headers());
+        assert_eq!(clone.extensions().get::<u8>(), Some(&7));
+    }
+}

@@ -1,0 +1,323 @@
+//! Retry and timeouts of the default stack, over a scripted transport in
+//! paused time: every wait below is virtual, and exact.
+#![cfg(feature = "client")]
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{Empty, StreamBody};
+use tokio::time::Instant;
+use zeroeventhub::BoxError;
+use zeroeventhub::client::{Client, Error, HttpService};
+use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest};
+
+type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
+
+/// What the scripted transport does for one request.
+enum Step {
+    /// Fails to send, with an I/O error of this kind as the cause.
+    Fail(ErrorKind),
+    /// Never answers.
+    Hang,
+    /// Answers with a status, headers and a body made of these chunks; a
+    /// `None` chunk is a body error, and `then_hang` leaves the body open.
+    Answer {
+        status: u16,
+        headers: Vec<(&'static str, &'static str)>,
+        chunks: Vec<Option<&'static str>>,
+        then_hang: bool,
+    },
+}
+
+fn answer(status: u16, chunks: &[&'static str]) -> Step {
+    Step::Answer {
+        status,
+        headers: Vec::new(),
+        chunks: chunks.iter().map(|chunk| Some(*chunk)).collect(),
+        then_hang: false,
+    }
+}
+
+fn ok_page() -> Step {
+    answer(200, &[EVENT, CHECKPOINT])
+}
+
+const EVENT: &str = "{\"partition\":0,\"data\":{\"n\":1}}\n";
+const CHECKPOINT: &str = "{\"partition\":0,\"cursor\":\"1\"}\n";
+
+#[derive(Clone, Default)]
+struct Script {
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Script {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Script {
+            steps: Arc::new(Mutex::new(steps.into_iter().collect())),
+            calls: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn transport(
+        &self,
+    ) -> impl tower::Service<
+        Request<Empty<Bytes>>,
+        Response = Response<Body>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone {
+        let script = self.clone();
+        tower::service_fn(move |_request: Request<Empty<Bytes>>| {
+            script.calls.fetch_add(1, Ordering::SeqCst);
+            let step = script.steps.lock().unwrap().pop_front();
+            async move {
+                match step.expect("the script has a step for every request") {
+                    Step::Fail(kind) => Err(BoxError::from(std::io::Error::from(kind))),
+                    Step::Hang => std::future::pending().await,
+                    Step::Answer {
+                        status,
+                        headers,
+                        chunks,
+                        then_hang,
+                    } => {
+                        let frames = stream::iter(chunks.into_iter().map(|chunk| match chunk {
+                            Some(text) => Ok(Frame::data(Bytes::from_static(text.as_bytes()))),
+                            None => Err(BoxError::from(std::io::Error::from(
+                                ErrorKind::UnexpectedEof,
+                            ))),
+                        }));
+                        let frames: BoxStream<'static, _> = if then_hang {
+                            frames.chain(stream::pending()).boxed()
+                        } else {
+                            frames.boxed()
+                        };
+                        let mut response = Response::new(StreamBody::new(frames));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        for (name, value) in headers {
+                            response.headers_mut().insert(name, value.parse().unwrap());
+                        }
+                        Ok(response)
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn client(script: &Script) -> Client<impl HttpService + Clone> {
+    Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .max_attempts(4)
+        .build_with(script.transport())
+}
+
+fn request() -> FeedRequest {
+    FeedRequest::new(1, [(0, Cursor::first())]).unwrap()
+}
+
+async fn read_page<S>(client: &Client<S>) -> Result<Vec<FeedItem>, Error>
+where
+    S: HttpService + Clone,
+{
+    client.fetch(&request()).await?.try_collect().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_is_retried_after_a_backoff() {
+    let script = Script::new([answer(503, &["busy"]), ok_page()]);
+    let started = Instant::now();
+    let items = read_page(&client(&script)).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(script.calls(), 2);
+    // The first retry waits the base backoff (100 ms), jittered down to half.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(50) && waited <= Duration::from_millis(100),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_waits_exactly_its_retry_after() {
+    let script = Script::new([
+        Step::Answer {
+            status: 429,
+            headers: vec![("retry-after", "7")],
+            chunks: vec![Some("slow down")],
+            then_hang: false,
+        },
+        ok_page(),
+    ]);
+    let started = Instant::now();
+    let items = read_page(&client(&script)).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(script.calls(), 2);
+    assert_eq!(started.elapsed().as_millis(), 7000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_maximum_is_returned_not_waited() {
+    let script = Script::new([Step::Answer {
+        status: 503,
+        headers: vec![("retry-after", "3600")],
+        chunks: vec![Some("down for maintenance\n"), Some("back soon")],
+        then_hang: false,
+    }]);
+    let started = Instant::now();
+    let error = read_page(&client(&script)).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(script.calls(), 1);
+    assert!(error.is_status());
+    assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        error.body_excerpt(),
+        Some("down for maintenance\nback soon")
+    );
+    assert_eq!(
+        error.to_string(),
+        "the feed answered 503 Service Unavailable (retry after 3600s): down for maintenance; retry later"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_under_the_request_is_retried() {
+    // What a stale pooled connection looks like once its cause is reached:
+    // the server closed or reset it while the request was on its way.
+    for kind in [
+        ErrorKind::ConnectionReset,
+        ErrorKind::UnexpectedEof,
+        ErrorKind::BrokenPipe,
+    ] {
+        let script = Script::new([Step::Fail(kind), ok_page()]);
+        let items = read_page(&client(&script)).await.unwrap();
+        assert_eq!(items.len(), 2, "{kind:?}");
+        assert_eq!(script.calls(), 2, "{kind:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_capped() {
+    let script = Script::new((0..10).map(|_| answer(502, &[])));
+    let started = Instant::now();
+    let error = read_page(&client(&script)).await.unwrap_err();
+    assert_eq!(script.calls(), 4);
+    assert_eq!(error.status(), Some(StatusCode::BAD_GATEWAY));
+    // Three backoffs of at most 100, 200 and 400 ms, at least half each.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350) && waited <= Duration::from_millis(700),
+        "{waited:?}"
+    );
+
+    let script = Script::new((0..10).map(|_| Step::Fail(ErrorKind::ConnectionRefused)));
+    let error = read_page(&client(&script)).await.unwrap_err();
+    assert_eq!(script.calls(), 4);
+    assert!(error.is_connect(), "{error:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_once_a_line_was_handed_out() {
+    let script = Script::new([
+        Step::Answer {
+            status: 200,
+            headers: Vec::new(),
+            chunks: vec![
+                Some(EVENT),
+                Some(CHECKPOINT),
+                Some("{\"partition\":0,"),
+                None,
+            ],
+            then_hang: false,
+        },
+        ok_page(),
+    ]);
+    let client = client(&script);
+    let mut lines = client.fetch(&request()).await.unwrap();
+    assert!(matches!(lines.next().await, Some(Ok(FeedItem::Event(_)))));
+    assert!(matches!(
+        lines.next().await,
+        Some(Ok(FeedItem::Checkpoint(_)))
+    ));
+    let error = lines.next().await.unwrap().unwrap_err();
+    assert!(error.is_truncated(), "{error:?}");
+    assert!(lines.next().await.is_none());
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_not_retried() {
+    for status in [400, 401, 403, 404, 500] {
+        let script = Script::new([answer(status, &["no"]), ok_page()]);
+        let error = read_page(&client(&script)).await.unwrap_err();
+        assert_eq!(script.calls(), 1, "{status}");
+        assert_eq!(error.status().map(|s| s.as_u16()), Some(status));
+    }
+    let script = Script::new([Step::Fail(ErrorKind::InvalidData), ok_page()]);
+    let error = read_page(&client(&script)).await.unwrap_err();
+    assert_eq!(script.calls(), 1);
+    assert!(!error.is_connect() && !error.is_timeout() && !error.is_status());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_never_comes_times_out_and_is_not_retried() {
+    let script = Script::new([Step::Hang, ok_page()]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .head_timeout(Duration::from_secs(5))
+        .build_with(script.transport());
+    let started = Instant::now();
+    let error = read_page(&client).await.unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_goes_quiet_times_out_after_the_lines_received() {
+    let script = Script::new([Step::Answer {
+        status: 200,
+        headers: Vec::new(),
+        chunks: vec![Some(EVENT), Some("{\"partition\":0,\"cur")],
+        then_hang: true,
+    }]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .idle_timeout(Duration::from_secs(3))
+        .build_with(script.transport());
+    let mut lines = client.fetch(&request()).await.unwrap();
+    assert!(matches!(lines.next().await, Some(Ok(FeedItem::Event(_)))));
+    // The consumer being slow does not count as the feed being idle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let waiting = Instant::now();
+    let error = lines.next().await.unwrap().unwrap_err();
+    assert!(error.is_timeout() && !error.is_truncated(), "{error:?}");
+    assert_eq!(waiting.elapsed(), Duration::from_secs(3));
+    assert!(lines.next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_layers_run_on_every_attempt() {
+    let script = Script::new([answer(503, &[]), answer(504, &[]), ok_page()]);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: Request<Empty<Bytes>>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                request
+            },
+        ))
+        .build_with(script.transport());
+    read_page(&client).await.unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
