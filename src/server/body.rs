@@ -33,7 +33,17 @@ enum Kind<S> {
         encoder: LineEncoder,
         buffer: BytesMut,
         failed: bool,
+        head_start: HeadStart,
     },
+}
+
+/// How the page's first line leaves: on its own, then a pause, so that the
+/// connection writes it at once instead of gathering a large first write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadStart {
+    Send,
+    Yield,
+    Done,
 }
 
 impl<S> FeedBody<S> {
@@ -57,6 +67,7 @@ impl<S> FeedBody<S> {
                 encoder,
                 buffer,
                 failed: false,
+                head_start: HeadStart::Send,
             },
         }
     }
@@ -83,15 +94,31 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
-        let (stream_slot, encoder, buffer, failed) = match &mut self.get_mut().kind {
+        let (stream_slot, encoder, buffer, failed, head_start) = match &mut self.get_mut().kind {
             Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Page {
                 stream,
                 encoder,
                 buffer,
                 failed,
-            } => (stream, encoder, buffer, failed),
+                head_start,
+            } => (stream, encoder, buffer, failed, head_start),
         };
+        // hyper keeps gathering frames into one write while the body has
+        // more ready; a single pause after the first line makes it flush, so
+        // the first byte leaves before the rest of the page is encoded.
+        match head_start {
+            HeadStart::Send if !buffer.is_empty() => {
+                *head_start = HeadStart::Yield;
+                return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
+            }
+            HeadStart::Yield => {
+                *head_start = HeadStart::Done;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            _ => {}
+        }
         loop {
             if buffer.len() >= FRAME_SIZE {
                 return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
