@@ -77,9 +77,10 @@ fn all_cases() -> Vec<(Case, Vec<u8>)> {
 impl CaseRequest {
     /// The same request, as our model has it.
     fn to_feed_request(&self) -> FeedRequest {
-        let cursors = self.cursors.iter().map(|(partition, cursor)| {
-            (*partition, Cursor::new(cursor).expect("a valid cursor"))
-        });
+        let cursors = self
+            .cursors
+            .iter()
+            .map(|(partition, cursor)| (*partition, Cursor::new(cursor).expect("a valid cursor")));
         let mut request = FeedRequest::new(self.partitions, cursors).expect("a valid request");
         if let Some(hint) = self.page_size_hint {
             request = request.with_page_size_hint(hint);
@@ -218,12 +219,13 @@ fn our_encoding_of_every_body_is_line_safe_json_in_the_documented_shape() {
 fn their_client_reads_our_encoding_of_every_body() {
     let mut app = axum::Router::new();
     let mut requests = Vec::new();
-    for (case, body) in all_cases() {
+    for (index, (case, body)) in all_cases().into_iter().enumerate() {
         if case.status != 200 {
             continue;
         }
         let ours = encode(&decode(&case.request.to_feed_request(), &body, body.len()));
-        let path = format!("/{}/feed/v1", case.name);
+        // Numbered: names repeat across the fixture sets.
+        let path = format!("/{index}/feed/v1");
         app = app.route(
             &path,
             axum::routing::get(move || async move {
@@ -241,8 +243,8 @@ fn their_client_reads_our_encoding_of_every_body() {
             .iter()
             .map(|(partition, cursor)| (*partition, cursor.as_str()))
             .collect();
-        let mut request = ClientRequest::new(&server.url(path), &cursors)
-            .partitions(case.request.partitions);
+        let mut request =
+            ClientRequest::new(&server.url(path), &cursors).partitions(case.request.partitions);
         request.page_size_hint = case.request.page_size_hint;
         request.headers = case.request.headers.clone();
         let page = client.fetch(&request);
@@ -250,4 +252,52 @@ fn their_client_reads_our_encoding_of_every_body() {
         assert_eq!(page.items, case.items, "{}", case.name);
     }
     client.finish();
+}
+
+#[tokio::test]
+async fn our_client_reads_their_responses_over_http() {
+    let mut app = axum::Router::new();
+    let cases = all_cases();
+    for (index, (case, body)) in cases.iter().enumerate() {
+        let response = (
+            http::StatusCode::from_u16(case.status).expect("a valid status"),
+            [(http::header::CONTENT_TYPE, case.content_type.clone())],
+            body.clone(),
+        );
+        app = app.route(
+            &format!("/{index}/feed/v1"),
+            axum::routing::get(move || async move { response }),
+        );
+    }
+    let server = BackgroundServer::start(app);
+    for (index, (case, body)) in cases.iter().enumerate() {
+        let url = server.url(&format!("/{index}/feed/v1"));
+        let client = zeroeventhub::client::Client::builder(
+            url.parse().expect("a valid URL"),
+            case.request.partitions,
+        )
+        .build();
+        let result = client.fetch(&case.request.to_feed_request()).await;
+        if case.status == 200 {
+            let stream = result.unwrap_or_else(|error| panic!("{}: {error}", case.name));
+            let items: Vec<Received> = futures_util::TryStreamExt::try_collect::<Vec<_>>(stream)
+                .await
+                .unwrap_or_else(|error| panic!("{}: {error}", case.name))
+                .into_iter()
+                .map(Received::from)
+                .collect();
+            assert_eq!(items, case.items, "{}", case.name);
+        } else {
+            let error = result.expect_err("an error status");
+            assert!(error.is_status(), "{}: {error}", case.name);
+            assert_eq!(error.status().map(|s| s.as_u16()), Some(case.status));
+            let body = String::from_utf8_lossy(body);
+            assert_eq!(
+                error.body_excerpt().map(str::trim_end),
+                Some(body.trim_end()),
+                "{}",
+                case.name
+            );
+        }
+    }
 }
