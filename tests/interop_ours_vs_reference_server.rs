@@ -58,6 +58,7 @@ async fn read_checked(client: &OurClient, model: &FeedModel, request: &FeedReque
     check(model, request, &items)
 }
 
+/// Checks the lines of a page read with `request` against `model`.
 fn check(model: &FeedModel, request: &FeedRequest, items: &[Received]) -> PageSummary {
     let cursors: Vec<(u32, String)> = request
         .cursors()

@@ -401,9 +401,11 @@ fn our_mid_page_abort_reaches_it_as_a_broken_body() {
 }
 
 #[test]
-fn our_abort_before_the_first_frame_is_an_error_too() {
-    // The reader fails before the server had a reason to send anything: the
-    // connection closes with the lines still unsent.
+fn our_abort_with_lines_still_buffered_is_an_error_too() {
+    // The reader fails without ever stalling: the lines it produced before
+    // the failure may still be in the server's buffers when the connection
+    // is aborted. Whatever arrived must be the start of the page, and the
+    // page must fail.
     let model = FeedModel::standard(EVENTS);
     let reader = FailAfter {
         inner: model.memory_feed(),
