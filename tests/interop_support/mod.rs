@@ -4,7 +4,8 @@
 //! data model both sides serve and check against.
 //!
 //! The interpreter is, in this order: the one `ZEH_PYTHON` names; the newest
-//! 3.13 under `pyenv root`; `python3.13` on the `PATH`. Without one the tests
+//! 3.13 under `pyenv root` (or `$PYENV_ROOT`, or `~/.pyenv`, when pyenv is
+//! not on the `PATH`); `python3.13` on the `PATH`. Without one the tests
 //! fail (they are never skipped) and say how to provide one. The virtual
 //! environment is created once under `target/tmp/interop-venv/`, keyed by the
 //! interpreter and `tests/interop/requirements.txt`, so that editing the pins
@@ -108,7 +109,9 @@ fn pyenv_pythons() -> Vec<PathBuf> {
         .ok()
         .filter(|output| output.status.success())
         .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
-        .or_else(|| std::env::var_os("PYENV_ROOT").map(PathBuf::from));
+        // Where `pyenv root` would point when pyenv itself is not on the PATH.
+        .or_else(|| std::env::var_os("PYENV_ROOT").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pyenv")));
     let Some(root) = root else {
         return Vec::new();
     };
