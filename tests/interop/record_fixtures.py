@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Case:
     headers: list[str] | None = None
     events: int = 3
     about: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 CASES = [
