@@ -1,8 +1,9 @@
 use std::any::{Any, TypeId};
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -126,9 +127,7 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
             };
             let end = self.scanned + found;
             self.scanned = 0;
-            let mut line = buf.split_to(end + 1).freeze();
-            line.truncate(end);
-            if let Some(item) = self.take_line(line) {
+            if let Some(item) = self.take_line(buf, end, end + 1) {
                 return Some(item);
             }
         }
@@ -145,28 +144,64 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
             return None;
         }
         self.scanned = 0;
-        let line = buf.split().freeze();
-        self.take_line(line)
+        let end = buf.len();
+        self.take_line(buf, end, end)
     }
 
-    /// Numbers and parses one line (without its `\n`); `None` when the line
-    /// is skipped.
-    fn take_line(&mut self, mut line: Bytes) -> Option<Result<FeedItem<D>, DecodeError>> {
+    /// Numbers and parses the line that ends at `end` in `buf` (without
+    /// its `\n`), then takes its `consumed` bytes out of `buf`; `None` when
+    /// the line is skipped.
+    ///
+    /// The line is parsed in place; only raw event data is split off as
+    /// shared bytes, so other lines cost no reference counting.
+    fn take_line(
+        &mut self,
+        buf: &mut BytesMut,
+        end: usize,
+        consumed: usize,
+    ) -> Option<Result<FeedItem<D>, DecodeError>> {
         self.lines += 1;
-        if line.last() == Some(&b'\r') {
-            line.truncate(line.len() - 1);
-        }
-        if line.len() > self.max_line_length {
-            return Some(Err(self.too_long(self.lines)));
-        }
-        let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
-        self.parse(&line, first)
-            .map_err(|(kind, source)| DecodeError {
-                line: self.lines,
-                kind,
-                source,
-            })
-            .transpose()
+        let content = match buf[..end].last() {
+            Some(b'\r') => end - 1,
+            _ => end,
+        };
+        let parsed = if content > self.max_line_length {
+            Err(self.too_long(self.lines))
+        } else {
+            let line = &buf[..content];
+            match line.iter().position(|b| !b.is_ascii_whitespace()) {
+                None => Ok(None),
+                Some(first) => self
+                    .parse(line, first)
+                    .map_err(|(kind, source)| DecodeError {
+                        line: self.lines,
+                        kind,
+                        source,
+                    }),
+            }
+        };
+        let item = match parsed {
+            Ok(Some(Line::Raw {
+                partition,
+                headers,
+                span,
+            })) => {
+                let mut data = buf.split_to(consumed);
+                data.advance(span.start);
+                data.truncate(span.len());
+                let data = raw_as::<D>(RawJson::from_valid(data.freeze()));
+                return Some(Ok(FeedItem::Event(Event {
+                    partition,
+                    headers,
+                    data,
+                })));
+            }
+            Ok(Some(Line::Item(item))) => Some(Ok(item)),
+            Ok(None) => None,
+            Err(error) => Some(Err(error)),
+        };
+        buf.advance(consumed);
+        item
     }
 
     fn too_long(&self, line: u64) -> DecodeError {
@@ -179,12 +214,12 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
     }
 
     /// Parses a non-blank line whose first non-whitespace byte is at `first`.
-    fn parse(&self, line: &Bytes, first: usize) -> Result<Option<FeedItem<D>>, Failure> {
+    fn parse(&self, line: &[u8], first: usize) -> Result<Option<Line<D>>, Failure> {
         let text = std::str::from_utf8(line).map_err(|_| (DecodeErrorKind::InvalidUtf8, None))?;
-        if let Some(parsed) = self.parse_common(line, text) {
+        if let Some(parsed) = self.parse_common(text) {
             return parsed.map(Some);
         }
-        self.parse_general(line, text, first)
+        self.parse_general(text, first)
     }
 
     /// Parses the two shapes nearly every line has, as this crate and the
@@ -192,7 +227,7 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
     /// escape in `C`, and `{"partition":P,"data":D}`. `None` when the line
     /// has another shape, for [`parse_general`](Self::parse_general); the
     /// outcome is the same as the general path's.
-    fn parse_common(&self, line: &Bytes, text: &str) -> Option<Result<FeedItem<D>, Failure>> {
+    fn parse_common(&self, text: &str) -> Option<Result<Line<D>, Failure>> {
         let rest = text.strip_prefix("{\"partition\":")?;
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 || digits > 10 || (digits > 1 && rest.starts_with('0')) {
@@ -209,7 +244,10 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                 let cursor = Cursor::new(cursor)
                     .map_err(|reason| (DecodeErrorKind::InvalidCursor(reason), None))?;
                 let partition = self.check_partition(partition)?;
-                Ok(FeedItem::Checkpoint(Checkpoint { partition, cursor }))
+                Ok(Line::Item(FeedItem::Checkpoint(Checkpoint {
+                    partition,
+                    cursor,
+                })))
             })());
         }
         let data = rest.strip_prefix(",\"data\":")?.strip_suffix('}')?;
@@ -222,22 +260,15 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
         if !validate::is_json(data.as_bytes()) {
             return None;
         }
-        Some((|| {
-            let partition = self.check_partition(partition)?;
-            let data = event_data(line, text, data)
-                .map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
-            Ok(FeedItem::Event(Event::new(partition, data)))
-        })())
+        Some(
+            self.check_partition(partition)
+                .and_then(|partition| event(partition, Headers::new(), text, data)),
+        )
     }
 
     /// Parses any line, with serde.
-    fn parse_general(
-        &self,
-        line: &Bytes,
-        text: &str,
-        first: usize,
-    ) -> Result<Option<FeedItem<D>>, Failure> {
-        if line[first] != b'{' {
+    fn parse_general(&self, text: &str, first: usize) -> Result<Option<Line<D>>, Failure> {
+        if text.as_bytes()[first] != b'{' {
             return Err(match serde_json::from_str::<IgnoredAny>(text) {
                 Ok(_) => (DecodeErrorKind::NotAnObject, None),
                 Err(error) => (DecodeErrorKind::InvalidJson, Some(error)),
@@ -257,7 +288,10 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                     _ => return Err((DecodeErrorKind::CursorNotString, None)),
                 };
                 let partition = self.partition(fields.partition)?;
-                Ok(Some(FeedItem::Checkpoint(Checkpoint { partition, cursor })))
+                Ok(Some(Line::Item(FeedItem::Checkpoint(Checkpoint {
+                    partition,
+                    cursor,
+                }))))
             }
             (Some(data), None) => {
                 let partition = self.partition(fields.partition)?;
@@ -268,13 +302,7 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                         return Err((DecodeErrorKind::InvalidHeaders, None));
                     }
                 };
-                let data = event_data(line, text, data.get())
-                    .map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
-                Ok(Some(FeedItem::Event(Event {
-                    partition,
-                    headers,
-                    data,
-                })))
+                event(partition, headers, text, data.get()).map(Some)
             }
             // A message of a newer protocol version.
             (None, None) => Ok(None),
@@ -312,27 +340,50 @@ impl<D> fmt::Debug for LineDecoder<D> {
 
 type Failure = (DecodeErrorKind, Option<serde_json::Error>);
 
-/// Makes the event data of type `D` from its text `raw`, valid JSON that
-/// lies in `text`, which is `line`'s content.
-fn event_data<D: DeserializeOwned + 'static>(
-    line: &Bytes,
+/// A parsed line: an item, or an event whose data is to be the line's own
+/// bytes at `span`.
+enum Line<D> {
+    Item(FeedItem<D>),
+    Raw {
+        partition: u32,
+        headers: Headers,
+        span: Range<usize>,
+    },
+}
+
+/// An event whose data is `raw`, valid JSON that lies in `text`.
+fn event<D: DeserializeOwned + 'static>(
+    partition: u32,
+    headers: Headers,
     text: &str,
     raw: &str,
-) -> Result<D, serde_json::Error> {
+) -> Result<Line<D>, Failure> {
     // Without specialization, the default `RawJson` is recognised by type:
     // it shares the line's bytes instead of copying them out of `raw`.
     if TypeId::of::<D>() == TypeId::of::<RawJson>() {
         let start = raw.as_ptr().addr() - text.as_ptr().addr();
-        let json = RawJson::from_valid(line.slice(start..start + raw.len()));
-        let mut slot = Some(json);
-        if let Some(data) = (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<D>>()
-            .and_then(Option::take)
-        {
-            return Ok(data);
-        }
+        return Ok(Line::Raw {
+            partition,
+            headers,
+            span: start..start + raw.len(),
+        });
     }
-    serde_json::from_str(raw)
+    let data =
+        serde_json::from_str(raw).map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
+    Ok(Line::Item(FeedItem::Event(Event {
+        partition,
+        headers,
+        data,
+    })))
+}
+
+/// `json` as the `D` it is (`D` being `RawJson`, as [`event`] checked).
+fn raw_as<D: 'static>(json: RawJson) -> D {
+    let mut slot = Some(json);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<D>>()
+        .and_then(Option::take)
+        .expect("raw event data is only made when D is RawJson")
 }
 
 /// The fields of a line the protocol knows, borrowed from the line.
@@ -692,16 +743,27 @@ mod tests {
 
     use super::*;
 
+    impl<D: fmt::Debug> fmt::Debug for Line<D> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Line::Item(item) => item.fmt(f),
+                Line::Raw {
+                    partition,
+                    headers,
+                    span,
+                } => write!(f, "raw event {partition} {headers:?} {span:?}"),
+            }
+        }
+    }
+
     /// What the general path makes of a line, for comparison.
     fn general(decoder: &LineDecoder, line: &str) -> String {
-        let bytes = Bytes::copy_from_slice(line.as_bytes());
-        format!("{:?}", decoder.parse_general(&bytes, line, 0))
+        format!("{:?}", decoder.parse_general(line, 0))
     }
 
     fn common(decoder: &LineDecoder, line: &str) -> Option<String> {
-        let bytes = Bytes::copy_from_slice(line.as_bytes());
         decoder
-            .parse_common(&bytes, line)
+            .parse_common(line)
             .map(|parsed| format!("{:?}", parsed.map(Some)))
     }
 
