@@ -18,32 +18,33 @@ const FRAME_SIZE: usize = 64 * 1024;
 ///
 /// A page pulls items from the reader only when the connection asks for
 /// more, packs their lines into frames of up to 64 KiB, and hands a frame
-/// on as soon as the reader has nothing ready. A reader error after the
-/// first line ends the body with [`FeedBodyError`] once the lines before it
-/// are out, so that the server aborts the response: the consumer sees a
-/// broken body, never a clean short page.
+/// on as soon as the reader has nothing ready. The first line goes out on
+/// its own, so that the consumer's first byte does not wait for a full
+/// frame. A reader error after the first line ends the body with
+/// [`FeedBodyError`], so that the server aborts the response: the consumer
+/// sees a broken body, never a clean short page. Lines buffered before the
+/// error are handed on first, but the abort may still cut them short; that
+/// is safe, since a consumer commits only what a checkpoint covers.
 pub struct FeedBody<S> {
     kind: Kind<S>,
 }
 
 enum Kind<S> {
     Full(Option<Bytes>),
-    Page {
-        stream: Option<Pin<Box<S>>>,
-        encoder: LineEncoder,
-        buffer: BytesMut,
-        failed: bool,
-        head_start: HeadStart,
-    },
+    Page(Page<S>),
 }
 
-/// How the page's first line leaves: on its own, then a pause, so that the
-/// connection writes it at once instead of gathering a large first write.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HeadStart {
-    Send,
-    Yield,
-    Done,
+struct Page<S> {
+    /// `None` once the reader has ended or failed.
+    stream: Option<Pin<Box<S>>>,
+    encoder: LineEncoder,
+    buffer: BytesMut,
+    first_line_sent: bool,
+    /// Return `Pending` once (already woken) before going on. hyper gathers
+    /// frames into one write while the body has more ready; a pause makes
+    /// it flush what it has.
+    pause: bool,
+    failed: bool,
 }
 
 impl<S> FeedBody<S> {
@@ -62,13 +63,14 @@ impl<S> FeedBody<S> {
     /// A page whose first item was already read (and is in `buffer`).
     pub(crate) fn page(stream: Pin<Box<S>>, encoder: LineEncoder, buffer: BytesMut) -> Self {
         FeedBody {
-            kind: Kind::Page {
+            kind: Kind::Page(Page {
                 stream: Some(stream),
                 encoder,
                 buffer,
+                first_line_sent: false,
+                pause: false,
                 failed: false,
-                head_start: HeadStart::Send,
-            },
+            }),
         }
     }
 }
@@ -77,7 +79,7 @@ impl<S> fmt::Debug for FeedBody<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Full(_) => "full",
-            Kind::Page { .. } => "page",
+            Kind::Page(_) => "page",
         };
         f.debug_struct("FeedBody").field("kind", &kind).finish()
     }
@@ -94,62 +96,9 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
-        let (stream_slot, encoder, buffer, failed, head_start) = match &mut self.get_mut().kind {
-            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Page {
-                stream,
-                encoder,
-                buffer,
-                failed,
-                head_start,
-            } => (stream, encoder, buffer, failed, head_start),
-        };
-        // hyper keeps gathering frames into one write while the body has
-        // more ready; a single pause after the first line makes it flush, so
-        // the first byte leaves before the rest of the page is encoded.
-        match head_start {
-            HeadStart::Send if !buffer.is_empty() => {
-                *head_start = HeadStart::Yield;
-                return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
-            }
-            HeadStart::Yield => {
-                *head_start = HeadStart::Done;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            _ => {}
-        }
-        loop {
-            if buffer.len() >= FRAME_SIZE {
-                return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
-            }
-            let Some(stream) = stream_slot else {
-                // The reader is done (or failed): send what is left, then end.
-                if !buffer.is_empty() {
-                    return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
-                }
-                if std::mem::take(failed) {
-                    return Poll::Ready(Some(Err(FeedBodyError(()))));
-                }
-                return Poll::Ready(None);
-            };
-            let next = match stream.as_mut().poll_next(cx) {
-                Poll::Pending if !buffer.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(buffer.split().freeze()))));
-                }
-                poll => ready!(poll),
-            };
-            match next {
-                Some(Ok(item)) => encoder.encode(&item, buffer),
-                Some(Err(error)) => {
-                    tracing::error!(%error, "feed reader failed mid-page; aborting the response");
-                    *failed = true;
-                    *stream_slot = None;
-                }
-                // Dropping the stream now releases the reader's resources
-                // before the last frame is even written.
-                None => *stream_slot = None,
-            }
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Page(page) => page.poll_frame(cx),
         }
     }
 
@@ -160,8 +109,63 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Page { .. } => SizeHint::default(),
+            Kind::Page(_) => SizeHint::default(),
         }
+    }
+}
+
+impl<S> Page<S>
+where
+    S: Stream<Item = Result<FeedItem, ReadError>>,
+{
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
+        if std::mem::take(&mut self.pause) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !self.first_line_sent && !self.buffer.is_empty() {
+            self.first_line_sent = true;
+            self.pause = true;
+            return self.flush();
+        }
+        loop {
+            if self.buffer.len() >= FRAME_SIZE {
+                return self.flush();
+            }
+            let Some(stream) = &mut self.stream else {
+                // The reader is done (or failed): send what is left, then end.
+                if !self.buffer.is_empty() {
+                    self.pause = self.failed;
+                    return self.flush();
+                }
+                if std::mem::take(&mut self.failed) {
+                    return Poll::Ready(Some(Err(FeedBodyError(()))));
+                }
+                return Poll::Ready(None);
+            };
+            let next = match stream.as_mut().poll_next(cx) {
+                Poll::Pending if !self.buffer.is_empty() => return self.flush(),
+                poll => ready!(poll),
+            };
+            match next {
+                Some(Ok(item)) => self.encoder.encode(&item, &mut self.buffer),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "feed reader failed mid-page; aborting the response");
+                    self.failed = true;
+                    self.stream = None;
+                }
+                // Dropping the stream now releases the reader's resources
+                // before the last frame is even written.
+                None => self.stream = None,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
+        Poll::Ready(Some(Ok(Frame::data(self.buffer.split().freeze()))))
     }
 }
 
