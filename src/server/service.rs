@@ -157,7 +157,7 @@ where
                     Ok(stream) => first_lines(stream, encoder).await,
                     Err(error) => Err(error),
                 };
-                Ok(response.unwrap_or_else(|error| read_error(error)))
+                Ok(response.unwrap_or_else(read_error))
             }),
         }
     }
