@@ -1,0 +1,8 @@
+//! What the server tests share: readers made for testing, and the two ways
+//! of sending a request to a feed service (in-process and over loopback HTTP).
+
+// Each test binary compiles this module and uses only its own part of it.
+#![allow(dead_code)]
+
+pub(crate) mod readers;
+pub(crate) mod transport;

@@ -1,0 +1,206 @@
+//! Two ways to reach a [`FeedService`]: called in-process with `oneshot`, and
+//! mounted in axum under tower-http layers, served on a loopback port and
+//! called with hyper-util's client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+use zeroeventhub::server::{FeedReader, FeedService};
+
+/// How long a whole exchange may take before the test calls the server
+/// stuck: a bound on a hang, not a measure of speed.
+pub(crate) const LIVENESS: Duration = Duration::from_secs(20);
+
+/// Where the feed is mounted.
+pub(crate) const FEED_PATH: &str = "/feed/v1";
+
+/// The body POST requests carry, so that a 405 is about the method and not
+/// a missing body.
+const POST_BODY: &[u8] = b"{\"ignored\":true}";
+
+/// How a test sends its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// `tower::ServiceExt::oneshot` on the service itself.
+    InProcess,
+    /// Real HTTP/1.1 over a loopback TCP connection, through axum.
+    Loopback,
+}
+
+/// A whole answer: status, headers and the collected body.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    /// The value of header `name`, if present and text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// The body as text.
+    pub(crate) fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("the body is UTF-8")
+    }
+}
+
+impl Transport {
+    /// Sends `method` with `query` (without `?`) to `service` and collects
+    /// the whole answer.
+    pub(crate) async fn send<R: FeedReader>(
+        self,
+        service: FeedService<R>,
+        method: Method,
+        query: &str,
+    ) -> Reply {
+        tokio::time::timeout(LIVENESS, self.exchange(service, method, query))
+            .await
+            .expect("the server answers in time")
+    }
+
+    async fn exchange<R: FeedReader>(
+        self,
+        service: FeedService<R>,
+        method: Method,
+        query: &str,
+    ) -> Reply {
+        match self {
+            Transport::InProcess => send_in_process(service, method, query).await,
+            Transport::Loopback => {
+                let server = LoopbackServer::start(router(service)).await;
+                let response = client()
+                    .request(server.request(method, query))
+                    .await
+                    .expect("the loopback server answers");
+                let (parts, body) = response.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .expect("the body arrives whole")
+                    .to_bytes();
+                Reply {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                }
+            }
+        }
+    }
+}
+
+async fn send_in_process<R: FeedReader>(
+    service: FeedService<R>,
+    method: Method,
+    query: &str,
+) -> Reply {
+    let request = request(method, &format!("{FEED_PATH}?{query}"));
+    let response = service
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .expect("the body arrives whole")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A request of `method` to `uri`; POST and other methods that usually
+/// carry a body get a small one.
+pub(crate) fn request(method: Method, uri: &str) -> Request<Full<Bytes>> {
+    let body = match method {
+        Method::GET | Method::HEAD => Bytes::new(),
+        _ => Bytes::from_static(POST_BODY),
+    };
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body))
+        .expect("a valid request")
+}
+
+/// `service` mounted at [`FEED_PATH`] the way an application mounts it:
+/// with a request body limit and request tracing.
+pub(crate) fn router<R: FeedReader>(service: FeedService<R>) -> Router {
+    Router::new()
+        .route_service(FEED_PATH, service)
+        .layer(RequestBodyLimitLayer::new(64 * 1024))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// An HTTP client like a consumer's: hyper-util's pooled HTTP/1 client.
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An axum app served on a loopback port, shut down when dropped.
+pub(crate) struct LoopbackServer {
+    pub(crate) addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl LoopbackServer {
+    /// Binds `127.0.0.1:0` and serves `app` there.
+    pub(crate) async fn start(app: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port is free");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("the server runs");
+        });
+        LoopbackServer { addr, task }
+    }
+
+    /// The feed's URL with `query`.
+    pub(crate) fn url(&self, query: &str) -> String {
+        format!("http://{}{FEED_PATH}?{query}", self.addr)
+    }
+
+    /// A request of `method` for the feed with `query`.
+    pub(crate) fn request(&self, method: Method, query: &str) -> Request<Full<Bytes>> {
+        request(method, &self.url(query))
+    }
+
+    /// Sends a GET with `query` and returns the response, body unread.
+    pub(crate) async fn get(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        query: &str,
+    ) -> http::Response<Incoming> {
+        client
+            .request(self.request(Method::GET, query))
+            .await
+            .expect("the loopback server answers")
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
