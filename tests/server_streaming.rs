@@ -1,0 +1,439 @@
+//! The page is streamed: produced lazily as the client reads, sent while the
+//! reader waits, broken (never cut short cleanly) when the reader fails
+//! mid-page, and dropped as soon as the client goes away.
+//!
+//! Timeouts here only bound how long a broken server can hang a test; no
+//! assertion depends on how long anything takes.
+#![cfg(feature = "server")]
+
+mod support;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, StreamExt};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use support::readers::{FnReader, ItemStream, ReadFn, checkpoint, drop_signal, event, guarded};
+use support::transport::{LIVENESS, LoopbackServer, client, request, router};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tower::ServiceExt;
+use zeroeventhub::protocol::FeedItem;
+use zeroeventhub::server::{FeedService, ReadContext, ReadError};
+
+/// The events of the big page.
+const TOTAL: u64 = 1_000_000;
+
+/// A page's memory bound: lines produced but not yet handed to the
+/// connection may not exceed this many bytes (two 64 KiB frames), whatever
+/// the size of the page.
+const MAX_BUFFERED_BYTES: usize = 128 * 1024;
+
+/// What a failing reader says; it must never reach the consumer.
+const SECRET: &str = "disk /dev/sdb3 failed reading table events_p0";
+
+/// The data of event `seq`.
+fn data(seq: u64) -> String {
+    format!(r#"{{"seq":{seq}}}"#)
+}
+
+/// The NDJSON line of event `seq` of partition 0.
+fn line(seq: u64) -> String {
+    format!("{{\"partition\":0,\"data\":{}}}\n", data(seq))
+}
+
+/// A reader of one partition whose page is `TOTAL` events made one at a
+/// time as they are pulled, counting them in `produced`.
+fn lazy_reader(produced: Arc<AtomicU64>) -> FnReader<impl ReadFn> {
+    FnReader::new(move |_: &ReadContext<'_>| {
+        let produced = Arc::clone(&produced);
+        Ok(stream::iter(0..TOTAL)
+            .map(move |seq| {
+                produced.fetch_add(1, Ordering::SeqCst);
+                Ok(event(0, &data(seq)))
+            })
+            .boxed())
+    })
+}
+
+/// A reader whose single page is whatever arrives on a channel, so that the
+/// test decides when the reader has something and when it waits.
+fn channel_reader() -> (
+    mpsc::UnboundedSender<Result<FeedItem, ReadError>>,
+    FnReader<impl ReadFn>,
+) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let receiver = Mutex::new(Some(receiver));
+    let reader = FnReader::new(move |_: &ReadContext<'_>| {
+        let receiver = receiver.lock().unwrap().take().expect("one page only");
+        Ok(stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        })
+        .boxed())
+    });
+    (sender, reader)
+}
+
+/// Reads frames of `body` until `count` lines have arrived, and returns
+/// them; fails if the body ends or errs first.
+async fn read_lines<B>(body: &mut B, count: usize) -> String
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut received = BytesMut::new();
+    while received.iter().filter(|&&b| b == b'\n').count() < count {
+        let frame = timeout(LIVENESS, body.frame())
+            .await
+            .expect("the server is not stuck")
+            .expect("the body goes on")
+            .expect("the body is sound");
+        if let Ok(data) = frame.into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    String::from_utf8(received.to_vec()).expect("the body is UTF-8")
+}
+
+/// Everything `body` yields until it ends, and how it ended.
+async fn read_to_end<B>(body: &mut B) -> (String, Result<(), B::Error>)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut received = BytesMut::new();
+    let end = loop {
+        match timeout(LIVENESS, body.frame())
+            .await
+            .expect("the server is not stuck")
+        {
+            None => break Ok(()),
+            Some(Err(error)) => break Err(error),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                }
+            }
+        }
+    };
+    let text = String::from_utf8(received.to_vec()).expect("the body is UTF-8");
+    (text, end)
+}
+
+#[tokio::test]
+async fn a_million_events_stream_through_a_bounded_buffer() {
+    let produced = Arc::new(AtomicU64::new(0));
+    let service = FeedService::new(lazy_reader(Arc::clone(&produced)), 1);
+    let max_in_flight = (MAX_BUFFERED_BYTES / line(0).len()) as u64;
+
+    let response = service
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        produced.load(Ordering::SeqCst) <= max_in_flight,
+        "the answer started only after {} events were produced",
+        produced.load(Ordering::SeqCst)
+    );
+
+    let mut body = response.into_body();
+    let (mut lines, mut frames) = (0u64, 0u64);
+    let mut partial = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = frame
+            .expect("the body is sound")
+            .into_data()
+            .expect("only data");
+        frames += 1;
+        assert!(
+            data.len() <= MAX_BUFFERED_BYTES,
+            "a frame of {} bytes",
+            data.len()
+        );
+        partial.extend_from_slice(&data);
+        let complete = partial
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        for text in std::str::from_utf8(&partial[..complete])
+            .unwrap()
+            .split_inclusive('\n')
+        {
+            assert_eq!(text, line(lines), "line {lines}");
+            lines += 1;
+        }
+        partial.drain(..complete);
+
+        // Everything produced so far has been handed out, but for a bounded
+        // remainder that does not depend on the page's size.
+        let in_flight = produced.load(Ordering::SeqCst) - lines;
+        assert!(
+            in_flight <= max_in_flight,
+            "{in_flight} events produced and not yet sent after {lines} lines"
+        );
+    }
+    assert!(partial.is_empty(), "the body ends with a whole line");
+    assert_eq!(lines, TOTAL);
+    assert_eq!(produced.load(Ordering::SeqCst), TOTAL);
+    assert!(
+        frames >= TOTAL * line(0).len() as u64 / MAX_BUFFERED_BYTES as u64,
+        "the page came in {frames} frames"
+    );
+}
+
+#[tokio::test]
+async fn first_bytes_arrive_over_http_before_the_page_is_produced() {
+    let produced = Arc::new(AtomicU64::new(0));
+    let service = FeedService::new(lazy_reader(Arc::clone(&produced)), 1);
+    let server = LoopbackServer::start(router(service)).await;
+    let client = client();
+
+    let response = server.get(&client, "n=1&cursor0=_first").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = read_lines(&mut body, 1).await;
+    let produced_at_first = produced.load(Ordering::SeqCst);
+    assert!(first.starts_with(&line(0)), "the page starts with event 0");
+    assert!(
+        produced_at_first < TOTAL,
+        "the first bytes arrived only after the whole page was produced"
+    );
+}
+
+#[tokio::test]
+async fn lines_are_sent_while_the_reader_waits() {
+    let (sender, reader) = channel_reader();
+    let server = LoopbackServer::start(router(FeedService::new(reader, 2))).await;
+    let client = client();
+
+    sender.send(Ok(event(0, r#"{"a":1}"#))).unwrap();
+    sender.send(Ok(checkpoint(0, "c1"))).unwrap();
+    sender.send(Ok(event(1, r#"{"b":2}"#))).unwrap();
+    let response = server
+        .get(&client, "n=2&cursor0=_first&cursor1=_first")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+
+    // The reader has nothing more yet: what it gave must be on the wire.
+    let before = read_lines(&mut body, 3).await;
+    assert_eq!(
+        before,
+        concat!(
+            "{\"partition\":0,\"data\":{\"a\":1}}\n",
+            "{\"partition\":0,\"cursor\":\"c1\"}\n",
+            "{\"partition\":1,\"data\":{\"b\":2}}\n",
+        )
+    );
+
+    sender.send(Ok(checkpoint(1, "c2"))).unwrap();
+    drop(sender);
+    let (after, end) = read_to_end(&mut body).await;
+    assert_eq!(after, "{\"partition\":1,\"cursor\":\"c2\"}\n");
+    assert!(end.is_ok(), "the page ends cleanly: {end:?}");
+}
+
+#[tokio::test]
+async fn reader_error_mid_page_breaks_the_body_after_the_lines_sent() {
+    let (sender, reader) = channel_reader();
+    let server = LoopbackServer::start(router(FeedService::new(reader, 1))).await;
+    let client = client();
+
+    let mut expected = String::new();
+    for seq in 0..3000 {
+        sender.send(Ok(event(0, &data(seq)))).unwrap();
+        expected.push_str(&line(seq));
+    }
+    let response = server.get(&client, "n=1&cursor0=_first").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let received = read_lines(&mut body, 3000).await;
+    assert_eq!(received, expected);
+
+    sender.send(Err(ReadError::internal(SECRET))).unwrap();
+    let (rest, end) = read_to_end(&mut body).await;
+    assert_eq!(rest, "", "nothing follows the lines sent");
+    assert!(
+        end.is_err(),
+        "the client sees a broken body, not a short page"
+    );
+}
+
+#[tokio::test]
+async fn reader_error_right_after_lines_is_never_a_clean_page() {
+    let items: Vec<Result<FeedItem, ReadError>> = (0..3000)
+        .map(|seq| Ok(event(0, &data(seq))))
+        .chain([Err(ReadError::internal(SECRET))])
+        .collect();
+    let items = Mutex::new(Some(items));
+    let reader = FnReader::new(move |_: &ReadContext<'_>| {
+        let items = items.lock().unwrap().take().expect("one page only");
+        Ok(stream::iter(items).boxed())
+    });
+    let server = LoopbackServer::start(router(FeedService::new(reader, 1))).await;
+    let client = client();
+
+    // The failure may reach the client before the head or after some of the
+    // lines; either way it must be an error, and what came before it right.
+    let received = match client
+        .request(server.request(Method::GET, "n=1&cursor0=_first"))
+        .await
+    {
+        Err(_) => String::new(),
+        Ok(response) => {
+            assert_eq!(response.status(), StatusCode::OK);
+            let (received, end) = read_to_end(&mut response.into_body()).await;
+            assert!(end.is_err(), "a clean end after {} bytes", received.len());
+            received
+        }
+    };
+    let complete = received.rfind('\n').map_or(0, |at| at + 1);
+    for (seq, text) in received[..complete].split_inclusive('\n').enumerate() {
+        assert_eq!(text, line(seq as u64), "line {seq}");
+    }
+    assert!(!received.contains(SECRET));
+}
+
+#[tokio::test]
+async fn reader_error_mid_page_fails_the_body_in_process() {
+    let items: Vec<Result<FeedItem, ReadError>> = vec![
+        Ok(event(0, r#"{"a":1}"#)),
+        Ok(checkpoint(0, "c1")),
+        Err(ReadError::internal(SECRET)),
+        Ok(event(0, r#"{"never":"sent"}"#)),
+    ];
+    let items = Mutex::new(Some(items));
+    let reader = FnReader::new(move |_: &ReadContext<'_>| {
+        let items = items.lock().unwrap().take().expect("one page only");
+        Ok(stream::iter(items).boxed())
+    });
+    let response = FeedService::new(reader, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (received, end) = read_to_end(&mut response.into_body()).await;
+    assert_eq!(
+        received,
+        "{\"partition\":0,\"data\":{\"a\":1}}\n{\"partition\":0,\"cursor\":\"c1\"}\n"
+    );
+    let error = end.expect_err("the body fails");
+    assert!(!error.to_string().contains(SECRET));
+}
+
+/// Captures what the server logs.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn reader_error_before_the_first_line_is_logged_not_sent() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let reader = FnReader::new(|_: &ReadContext<'_>| Err(ReadError::internal(SECRET)));
+    let response = FeedService::new(reader, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"internal error while reading the feed\n");
+
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains(SECRET),
+        "the detail is in the log: {logged:?}"
+    );
+}
+
+/// Serves a page that never ends, guarded, and returns the server and the
+/// signal of the page's drop.
+async fn endless_page(waits: bool) -> (LoopbackServer, tokio::sync::oneshot::Receiver<()>) {
+    let (guard, dropped) = drop_signal();
+    let guard = Mutex::new(Some(guard));
+    let reader = FnReader::new(move |_: &ReadContext<'_>| {
+        let guard = guard.lock().unwrap().take().expect("one page only");
+        let page: ItemStream = if waits {
+            // A few events, then waiting for more that never come.
+            stream::iter((0..10).map(|seq| Ok(event(0, &data(seq)))))
+                .chain(stream::pending())
+                .boxed()
+        } else {
+            stream::iter((0..).map(|seq| Ok(event(0, &data(seq))))).boxed()
+        };
+        Ok(guarded(page, guard))
+    });
+    let server = LoopbackServer::start(router(FeedService::new(reader, 1))).await;
+    (server, dropped)
+}
+
+async fn leave_mid_page(waits: bool) {
+    let (server, dropped) = endless_page(waits).await;
+    let client = client();
+    let response = server.get(&client, "n=1&cursor0=_first").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = read_lines(&mut body, 10).await;
+    assert!(first.starts_with(&line(0)));
+
+    drop(body);
+    drop(client);
+    timeout(LIVENESS, dropped)
+        .await
+        .expect("the reader's stream is dropped when the client leaves")
+        .expect("the guard signals its drop");
+}
+
+#[tokio::test]
+async fn client_leaving_while_the_reader_produces_drops_the_reader() {
+    leave_mid_page(false).await;
+}
+
+#[tokio::test]
+async fn client_leaving_while_the_reader_waits_drops_the_reader() {
+    leave_mid_page(true).await;
+}
+
+#[tokio::test]
+async fn dropping_the_body_in_process_drops_the_reader() {
+    let (guard, mut dropped) = drop_signal();
+    let guard = Mutex::new(Some(guard));
+    let reader = FnReader::new(move |_: &ReadContext<'_>| {
+        let guard = guard.lock().unwrap().take().expect("one page only");
+        Ok(guarded(
+            stream::iter((0..).map(|seq| Ok(event(0, &data(seq))))).boxed(),
+            guard,
+        ))
+    });
+    let response = FeedService::new(reader, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    read_lines(&mut body, 1).await;
+    assert!(dropped.try_recv().is_err(), "the page is still being read");
+    drop(body);
+    assert!(
+        dropped.try_recv().is_ok(),
+        "dropping the body dropped the page"
+    );
+}
