@@ -18,6 +18,35 @@
 //! - `client`: a consumer over any HTTP `tower::Service`, with retry and
 //!   timeouts, pages that tell apart what is safe to commit, and typed errors.
 //!
+//! # A feed and a consumer in a few lines
+//!
+//! ```
+//! use zeroeventhub::client::Client;
+//! use zeroeventhub::protocol::{Cursor, Event, FeedRequest, RawJson};
+//! use zeroeventhub::server::MemoryFeed;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The publisher: an in-memory feed of two partitions.
+//! let feed = MemoryFeed::new(2);
+//! feed.append(Event::new(0, RawJson::from_bytes(r#"{"hello":"world"}"#)?))?;
+//!
+//! // `feed.service()` is a tower Service: mount it with axum's
+//! // `Router::route_service("/feed/v1", feed.service())`. Here the consumer
+//! // uses it directly as its transport, with no network in between.
+//! let client = Client::builder("http://localhost/feed/v1".parse()?, 2).build_with(feed.service());
+//!
+//! // The consumer: read both partitions from the start.
+//! let request = FeedRequest::new(2, [(0, Cursor::first()), (1, Cursor::first())])?;
+//! let page = client.fetch_page(&request).await?;
+//! assert_eq!(page.events()[0].data.as_str(), r#"{"hello":"world"}"#);
+//! // Store the events and these cursors in one transaction, then go on from them.
+//! assert_eq!(page.next_cursors()[0], (0, Cursor::new("0")?));
+//! assert_eq!(page.next_cursors()[1], (1, Cursor::first()));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Serving a feed with axum
 //!
 //! ```no_run
@@ -34,6 +63,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! `examples/quickstart.rs` runs both over real HTTP, with a producer, a
+//! consumer that commits exactly once, and a summary that proves it.
 //!
 //! # Features
 //!
@@ -56,6 +88,11 @@ pub mod server;
 pub mod client;
 
 pub mod workload;
+
+// The README's examples are compiled with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// A boxed error, as tower and hyper use them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
