@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{Cursor, Event, FeedRequest, RawJson};
@@ -80,6 +81,10 @@ async fn run() -> Result<bool, zeroeventhub::BoxError> {
     let app = axum::Router::new().route_service("/orders/feed", feed.service());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/orders/feed", listener.local_addr()?);
+    // Small pages go out at once instead of waiting for the client's ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!("feed at {url}, {PARTITIONS} partitions");
 

@@ -29,7 +29,7 @@ type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connec
 
 /// Builds a [`Client`] with the default stack: retry with backoff, a
 /// timeout on each attempt's response head, an idle timeout on the body,
-/// and, with [`build`](Self::build), hyper-util's pooled client.
+/// and, with `build` (feature `hyper-client`), hyper-util's pooled client.
 ///
 /// Requests go through, from the outside in: the retry
 /// ([`RetryPolicy`]), the head timeout, the layers added with

@@ -6,7 +6,7 @@
 //!   [`RetryPolicy`] (connection failures, `429`, `502`-`504`, with backoff
 //!   and `Retry-After`), a timeout on each attempt's response head, your own
 //!   layers (auth, tracing), and hyper-util's pooled client
-//!   ([`ClientBuilder::build`]) or any transport
+//!   (`ClientBuilder::build`, feature `hyper-client`) or any transport
 //!   ([`ClientBuilder::build_with`]). [`Client::new`] takes any
 //!   [`HttpService`] as it is.
 //! - [`Client::fetch`] streams a page's lines as they arrive
@@ -29,7 +29,7 @@
 //! The loop a consumer writes: fetch a page from the stored cursors, store
 //! the covered events and the next cursors in one transaction, go on from
 //! there. Here with the crate's in-memory feed as the transport; against a
-//! real feed, use [`ClientBuilder::build`].
+//! real feed, use `ClientBuilder::build`.
 //!
 //! ```
 //! # #[cfg(feature = "server")]
