@@ -361,3 +361,13 @@ fn typed_data_is_deserialized() {
     };
     assert_eq!(event.data, serde_json::Value::Null);
 }
+
+#[test]
+fn a_buffer_emptied_between_calls_is_no_problem() {
+    let mut decoder: LineDecoder = LineDecoder::new([0]);
+    let mut buf = BytesMut::from(&b"{\"partition\":0,\"da"[..]);
+    assert!(decoder.decode(&mut buf).is_none());
+    buf.clear();
+    buf.extend_from_slice(b"{\"partition\":0,\"data\":2}\n");
+    assert_eq!(decoder.decode(&mut buf).unwrap().unwrap(), event(0, "2"));
+}

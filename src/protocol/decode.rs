@@ -117,6 +117,8 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
     /// complete line (the rest stays in `buf` for the next call).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Result<FeedItem<D>, DecodeError>> {
         loop {
+            // A caller that emptied the buffer between calls shortens it.
+            self.scanned = self.scanned.min(buf.len());
             let Some(found) = memchr::memchr(b'\n', &buf[self.scanned..]) else {
                 self.scanned = buf.len();
                 // One byte of slack for a `\r` that the `\n` may yet follow.
