@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+
 use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use tower_http::trace::TraceLayer;
@@ -111,6 +113,11 @@ async fn main() -> ExitCode {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
+    // Small pages are latency-bound: without this, Nagle's algorithm holds a
+    // page's last segment until the consumer's delayed acknowledgement.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     println!("listening on http://{addr}/feed/v1");
     let _ = std::io::stdout().flush();
     if let Err(error) = axum::serve(listener, app).await {
