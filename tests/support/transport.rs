@@ -49,6 +49,25 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
+    /// Reads a whole response.
+    async fn read<B>(response: http::Response<B>) -> Reply
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .expect("the body arrives whole")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// The value of header `name`, if present and text.
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
@@ -88,17 +107,7 @@ impl Transport {
                     .request(server.request(method, query))
                     .await
                     .expect("the loopback server answers");
-                let (parts, body) = response.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .expect("the body arrives whole")
-                    .to_bytes();
-                Reply {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                }
+                Reply::read(response).await
             }
         }
     }
@@ -114,17 +123,7 @@ async fn send_in_process<R: FeedReader>(
         .oneshot(request)
         .await
         .unwrap_or_else(|never| match never {});
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .expect("the body arrives whole")
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(response).await
 }
 
 /// A request of `method` to `uri`; POST and other methods that usually
