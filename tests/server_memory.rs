@@ -290,6 +290,31 @@ async fn page_size_is_shared_across_partitions() {
 }
 
 #[tokio::test]
+async fn a_page_larger_than_a_read_batch_is_shared_evenly() {
+    // Pages span many of the feed's internal read batches: each partition
+    // still gets its half, not whatever the first one reads first.
+    let service = filled(2, &[20_000, 20_000]).service();
+    let lines = page(
+        &service,
+        "n=2&cursor0=_first&cursor1=_first&pagesizehint=10000",
+    )
+    .await;
+    let [first, second] = indexes(&lines, 2).try_into().expect("two partitions");
+    assert_eq!(first, (0..5_000).collect::<Vec<u64>>());
+    assert_eq!(second, (0..5_000).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_service_with_more_partitions_than_its_feed_fails_loudly() {
+    let service = FeedService::new(filled(2, &[3, 3]), 3);
+    let request = Request::get("/?n=3&cursor2=_first")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
 async fn a_short_partition_leaves_its_share_to_the_next() {
     let service = filled(2, &[1, 10]).service();
     let lines = page(&service, "n=2&cursor0=_first&cursor1=_first&pagesizehint=6").await;

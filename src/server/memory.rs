@@ -83,9 +83,7 @@ impl MemoryFeed {
         let partition = self.partition(event.partition)?;
         let headers = (!event.headers.is_empty()).then(|| Arc::new(event.headers));
         let mut chunks = write(&partition.chunks);
-        let index = chunks
-            .last()
-            .map_or(0, |last| (chunks.len() - 1) * CHUNK + last.len());
+        let index = stored_len(&chunks);
         let cursor = Cursor::new(itoa::Buffer::new().format(index))
             .expect("a decimal index is a valid cursor");
         if chunks.last().is_none_or(|last| last.len() == CHUNK) {
@@ -104,12 +102,8 @@ impl MemoryFeed {
 
     /// The number of events in `partition` (0 for a partition it lacks).
     pub fn len(&self, partition: u32) -> usize {
-        self.partition(partition).map_or(0, |partition| {
-            let chunks = read(&partition.chunks);
-            chunks
-                .last()
-                .map_or(0, |last| (chunks.len() - 1) * CHUNK + last.len())
-        })
+        self.partition(partition)
+            .map_or(0, |partition| stored_len(&read(&partition.chunks)))
     }
 
     /// Whether the feed holds no event at all.
@@ -175,9 +169,15 @@ impl FeedReader for MemoryFeed {
         let mut plan = VecDeque::with_capacity(request.cursors().len());
         let mut opening = VecDeque::new();
         for (partition, cursor) in request.cursors() {
+            // A service configured with more partitions than the feed has.
+            self.partition(*partition).map_err(ReadError::internal)?;
             let (next, checkpoint) = self.start(*partition, cursor)?;
             opening.extend(checkpoint);
-            plan.push_back((*partition, next));
+            plan.push_back(Reading {
+                partition: *partition,
+                next,
+                share: None,
+            });
         }
         Ok(MemoryPage {
             feed: self.clone(),
@@ -198,8 +198,8 @@ pub struct MemoryPage {
     feed: MemoryFeed,
     headers: HeaderSelection,
     budget: usize,
-    /// Partitions still to read, with the index to read next.
-    plan: VecDeque<(u32, usize)>,
+    /// Partitions still to read.
+    plan: VecDeque<Reading>,
     opening: VecDeque<Checkpoint>,
     /// Events copied out of one partition, and that partition.
     batch: VecDeque<StoredEvent>,
@@ -207,35 +207,50 @@ pub struct MemoryPage {
     checkpoint_due: Option<Checkpoint>,
 }
 
+/// One partition of a page being read.
+struct Reading {
+    partition: u32,
+    /// The index of the next event to read.
+    next: usize,
+    /// How many more events this partition may give; set when its turn
+    /// comes, from what the partitions before it left of the budget.
+    share: Option<usize>,
+}
+
 impl MemoryPage {
     /// Copies the next events of the current partition into `batch`; moves
     /// on to the next partition when this one has given its share.
     fn refill(&mut self) {
-        while let Some(&(partition, next)) = self.plan.front() {
-            // Later partitions get what earlier ones left of the budget.
-            let share = self.budget.div_ceil(self.plan.len());
-            let Ok(stored) = self.feed.partition(partition) else {
+        loop {
+            let partitions_left = self.plan.len();
+            let Some(reading) = self.plan.front_mut() else {
+                return;
+            };
+            let share = *reading
+                .share
+                .get_or_insert(self.budget.div_ceil(partitions_left));
+            let Ok(stored) = self.feed.partition(reading.partition) else {
                 self.plan.pop_front();
                 continue;
             };
             let chunks = read(&stored.chunks);
-            let mut index = next;
-            let limit = share.min(READ_BATCH);
-            while self.batch.len() < limit {
+            let start = reading.next;
+            while self.batch.len() < share.min(READ_BATCH) {
+                let index = reading.next;
                 let Some(event) = chunks.get(index / CHUNK).and_then(|c| c.get(index % CHUNK))
                 else {
                     break;
                 };
                 self.batch.push_back(event.clone());
-                index += 1;
+                reading.next += 1;
             }
             drop(chunks);
-            let taken = index - next;
+            let taken = reading.next - start;
+            let partition = reading.partition;
             self.budget -= taken;
+            reading.share = Some(share - taken);
             if taken == 0 || taken == share {
                 self.plan.pop_front();
-            } else {
-                self.plan[0].1 = index;
             }
             if taken > 0 {
                 self.batch_partition = partition;
@@ -315,6 +330,13 @@ impl fmt::Display for UnknownPartition {
 }
 
 impl std::error::Error for UnknownPartition {}
+
+/// The number of events in a partition's chunks.
+fn stored_len(chunks: &[Vec<StoredEvent>]) -> usize {
+    chunks
+        .last()
+        .map_or(0, |last| (chunks.len() - 1) * CHUNK + last.len())
+}
 
 // A panic while holding the lock cannot leave the log half-written (a push
 // either happened or not), so a poisoned lock is still safe to use.
