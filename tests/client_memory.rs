@@ -225,14 +225,14 @@ fn the_url_keeps_its_own_parameters_and_loses_clashing_ones() {
     .with_page_size_hint(500)
     .with_headers(HeaderSelection::only(["trace-id", "kind"]).unwrap());
     assert_eq!(
-        client.url_for(&request).to_string(),
+        client.url_for(&request).unwrap().to_string(),
         "https://feed.test/v1/events?token=a%2Fb&region=eu&n=2&cursor1=a%20b%26c%3Dd%25%2F%3F%23%2Be\
          &pagesizehint=500&headers=trace-id,kind"
     );
     // A URL without a path or query gets both.
     let client = Client::new((), "http://feed.test".parse().unwrap(), 1);
     assert_eq!(
-        client.url_for(&first_cursors(1)).to_string(),
+        client.url_for(&first_cursors(1)).unwrap().to_string(),
         "http://feed.test/?n=1&cursor0=_first"
     );
 }
@@ -343,4 +343,54 @@ async fn a_refused_request_is_a_status_error_with_the_reason() {
     assert_eq!(error.status(), Some(StatusCode::BAD_REQUEST));
     assert!(error.body_excerpt().unwrap().contains("cursor0"), "{error}");
     assert!(error.to_string().contains("cursor0"), "{error}");
+}
+
+#[tokio::test]
+async fn a_url_that_cannot_carry_a_query_is_refused_not_a_panic() {
+    // "localhost:8080" parses as an authority without a scheme.
+    let client = Client::new(
+        MemoryFeed::new(1).service(),
+        "localhost:8080".parse().unwrap(),
+        1,
+    );
+    let error = client.fetch(&first_cursors(1)).await.unwrap_err();
+    assert!(error.is_invalid_request(), "{error}");
+}
+
+#[tokio::test]
+async fn header_names_the_protocol_cannot_carry_are_refused() {
+    let client = Client::new(MemoryFeed::new(1).service(), "/feed".parse().unwrap(), 1);
+    for name in ["a,b", ""] {
+        let request =
+            first_cursors(1).with_headers(HeaderSelection::Only(vec!["ok".into(), name.into()]));
+        let error = client.fetch(&request).await.unwrap_err();
+        assert!(error.is_invalid_request(), "{error}");
+        assert!(error.to_string().contains("header name"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn an_unbounded_idle_timeout_does_not_overflow() {
+    // A body that makes the client wait, so that the idle timer is armed.
+    let transport = tower::service_fn(|_: Request<http_body_util::Empty<bytes::Bytes>>| async {
+        let lines = stream::unfold(0, |sent| async move {
+            if sent == 2 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let line: &'static [u8] = if sent == 0 {
+                b"{\"partition\":0,\"data\":1}\n"
+            } else {
+                b"{\"partition\":0,\"cursor\":\"0\"}\n"
+            };
+            let frame = http_body::Frame::data(bytes::Bytes::from_static(line));
+            Some((Ok::<_, Infallible>(frame), sent + 1))
+        });
+        Ok::<_, Infallible>(http::Response::new(http_body_util::StreamBody::new(lines)))
+    });
+    let client = Client::new(transport, "/feed".parse().unwrap(), 1)
+        .with_idle_timeout(std::time::Duration::MAX);
+    let page = client.fetch_page(&first_cursors(1)).await.unwrap();
+    assert_eq!(page.events().len(), 1);
+    assert_eq!(page.next_cursors(), [(0, Cursor::new("0").unwrap())]);
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::BoxError;
-use crate::protocol::{DecodeError, RequestError};
+use crate::protocol::DecodeError;
+use crate::protocol::error::excerpt as shortened;
 
 /// Why fetching a page failed.
 ///
@@ -17,6 +18,7 @@ use crate::protocol::{DecodeError, RequestError};
 /// |---|---|---|
 /// | [`is_invalid_request`](Self::is_invalid_request) | the request was refused before sending | fix the calling code |
 /// | [`is_connect`](Self::is_connect) | no connection, or it broke before the answer | retry later |
+/// | [`is_request`](Self::is_request) | the transport failed otherwise before an answer | see the cause |
 /// | [`is_timeout`](Self::is_timeout) | no answer in time, or the body went idle | retry later, from the stored cursors |
 /// | [`is_status`](Self::is_status) | the feed answered with a non-2xx status | see [`status`](Self::status) |
 /// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
@@ -61,7 +63,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid_request(error: RequestError) -> Self {
+    pub(crate) fn invalid_request(error: impl Into<BoxError>) -> Self {
         Self::new(Kind::InvalidRequest, Some(error.into()))
     }
 
@@ -119,6 +121,13 @@ impl Error {
     /// connection closed under the request).
     pub fn is_connect(&self) -> bool {
         matches!(self.inner.kind, Kind::Connect)
+    }
+
+    /// Whether the transport failed for another reason before an answer
+    /// (one that is neither a connection failure nor a timeout); the
+    /// [`source`](StdError::source) says which.
+    pub fn is_request(&self) -> bool {
+        matches!(self.inner.kind, Kind::Request)
     }
 
     /// Whether the answer's head did not arrive in time, or its body sent
@@ -190,7 +199,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.kind {
             Kind::InvalidRequest => {
-                f.write_str("refused to send an invalid feed request; fix the calling code")
+                f.write_str("refused to send an invalid feed request")?;
+                if let Some(reason) = &self.inner.source {
+                    write!(f, " ({reason})")?;
+                }
+                f.write_str("; fix the calling code")
             }
             Kind::Connect => f.write_str(
                 "the connection to the feed failed before it answered; \
@@ -218,7 +231,7 @@ impl fmt::Display for Error {
                 }
                 let detail = excerpt.lines().next().unwrap_or("").trim();
                 if !detail.is_empty() {
-                    write!(f, ": {}", shorten(detail, 200))?;
+                    write!(f, ": {}", shortened(detail, 200))?;
                 }
                 f.write_str(match status.as_u16() {
                     400 => "; the feed refused the request: check the partition count and cursors",
@@ -263,13 +276,6 @@ impl StdError for Error {
 /// Whether `error` or one of its causes is tower's timeout.
 fn is_elapsed(error: &(dyn StdError + 'static)) -> bool {
     super::retry::causes(error).any(|cause| cause.is::<tower::timeout::error::Elapsed>())
-}
-
-fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => format!("{}...", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

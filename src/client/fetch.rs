@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 
 use super::retry::retry_after;
 use super::{ClientBuilder, Error, EventReceiver, FeedStream, HttpService, Page};
-use crate::protocol::{FeedItem, FeedRequest, LineDecoder, RawJson, RequestError};
+use crate::protocol::query::decode;
+use crate::protocol::{FeedItem, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError};
 
 /// A consumer of one feed, over any HTTP service.
 ///
@@ -70,9 +71,10 @@ impl<S> Client<S> {
     }
 
     /// Sets how long a body may send nothing before the page fails with a
-    /// timeout.
+    /// timeout. Anything beyond a year (`Duration::MAX`, say) means a year.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+        self.idle_timeout = timeout.min(YEAR);
         self
     }
 
@@ -98,8 +100,9 @@ impl<S> Client<S> {
     }
 
     /// The URL the client sends `request` to: the feed's URL with the
-    /// request's query parameters.
-    pub fn url_for(&self, request: &FeedRequest) -> Uri {
+    /// request's query parameters. Fails when the feed's URL cannot carry
+    /// them (an authority without a scheme, say).
+    pub fn url_for(&self, request: &FeedRequest) -> Result<Uri, Error> {
         let mut query = self.kept_query.clone();
         if !query.is_empty() {
             query.push('&');
@@ -113,10 +116,9 @@ impl<S> Client<S> {
             path => path,
         };
         parts.path_and_query = Some(
-            PathAndQuery::try_from(format!("{path}?{query}"))
-                .expect("a valid URL's path and query with percent-encoded parameters added"),
+            PathAndQuery::try_from(format!("{path}?{query}")).map_err(Error::invalid_request)?,
         );
-        Uri::from_parts(parts).expect("the parts of a valid URL")
+        Uri::from_parts(parts).map_err(Error::invalid_request)
     }
 
     /// Refuses a request this client must not send.
@@ -128,6 +130,18 @@ impl<S> Client<S> {
                     requested: request.partition_count(),
                 },
             ));
+        }
+        if let HeaderSelection::Only(names) = request.headers() {
+            // The variant is public: names may not have gone through
+            // `HeaderSelection::only`, which refuses these.
+            if let Some(name) = names
+                .iter()
+                .find(|name| name.is_empty() || name.contains(','))
+            {
+                return Err(Error::invalid_request(RequestError::InvalidHeaderName {
+                    name: name.clone(),
+                }));
+            }
         }
         Ok(())
     }
@@ -152,7 +166,7 @@ impl<S: HttpService + Clone> Client<S> {
     ) -> Result<FeedStream<S::ResponseBody, D>, Error> {
         self.check(request)?;
         let mut http_request = Request::new(Empty::new());
-        *http_request.uri_mut() = self.url_for(request);
+        *http_request.uri_mut() = self.url_for(request)?;
         http_request.headers_mut().insert(
             header::ACCEPT,
             header::HeaderValue::from_static("application/x-ndjson"),
@@ -246,23 +260,13 @@ fn kept_parameters(query: &str) -> String {
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or_default();
-            !FeedRequest::is_protocol_parameter(&decode_component(key))
+            // A key that does not decode cannot name a protocol parameter
+            // unless it does so literally.
+            let decoded = decode(key, 0).unwrap_or(Cow::Borrowed(key));
+            !FeedRequest::is_protocol_parameter(&decoded)
         })
         .collect();
     kept.join("&")
-}
-
-fn decode_component(component: &str) -> Cow<'_, str> {
-    if component.contains('+') {
-        let spaced = component.replace('+', " ");
-        Cow::Owned(
-            percent_encoding::percent_decode_str(&spaced)
-                .decode_utf8_lossy()
-                .into_owned(),
-        )
-    } else {
-        percent_encoding::percent_decode_str(component).decode_utf8_lossy()
-    }
 }
 
 /// The first KiB of an error answer's body, read with the idle timeout;

@@ -134,11 +134,13 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-/// Shortens a value echoed in an error message, so that a hostile query
-/// cannot make the error body large.
-pub(crate) fn excerpt(value: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    match value.char_indices().nth(MAX_CHARS) {
+/// How much of a value a request error echoes.
+pub(crate) const ECHOED_CHARS: usize = 64;
+
+/// Shortens text echoed in an error message to `max_chars` characters, so
+/// that hostile input cannot make the message large.
+pub(crate) fn excerpt(value: &str, max_chars: usize) -> String {
+    match value.char_indices().nth(max_chars) {
         Some((end, _)) => format!("{}...", &value[..end]),
         None => value.to_owned(),
     }

@@ -7,10 +7,10 @@
 mod cursor;
 mod decode;
 mod encode;
-mod error;
+pub(crate) mod error;
 mod item;
 mod json;
-mod query;
+pub(crate) mod query;
 mod request;
 
 pub use cursor::{Cursor, InvalidCursor};

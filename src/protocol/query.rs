@@ -37,7 +37,7 @@ pub(crate) fn for_each_pair<'q>(
 
 /// Decodes one component: `+` is a space, `%XX` a byte; the result must be
 /// UTF-8. `offset` places errors within the whole query.
-fn decode(component: &str, offset: usize) -> Result<Cow<'_, str>, RequestError> {
+pub(crate) fn decode(component: &str, offset: usize) -> Result<Cow<'_, str>, RequestError> {
     if !component.contains(['%', '+']) {
         return Ok(Cow::Borrowed(component));
     }

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use percent_encoding::utf8_percent_encode;
 
-use super::error::excerpt;
+use super::error::{ECHOED_CHARS, excerpt};
 use super::query::{QUERY_VALUE, for_each_pair, parse_digits};
 use super::{Cursor, RequestError};
 
@@ -35,7 +35,7 @@ impl HeaderSelection {
             let name = name.into();
             if name.is_empty() || name.contains(',') {
                 return Err(RequestError::InvalidHeaderName {
-                    name: excerpt(&name),
+                    name: excerpt(&name, ECHOED_CHARS),
                 });
             }
             if name == Self::ALL {
@@ -194,7 +194,7 @@ impl FeedRequest {
             Some(value) => parse_digits(&value)
                 .and_then(|count| u32::try_from(count).ok())
                 .ok_or_else(|| RequestError::InvalidPartitionCount {
-                    value: excerpt(&value),
+                    value: excerpt(&value, ECHOED_CHARS),
                 })?,
         };
         if let Some(feed) = feed_partitions {
@@ -235,7 +235,7 @@ impl FeedRequest {
             Some(value) => {
                 let hint =
                     parse_digits(&value).ok_or_else(|| RequestError::InvalidPageSizeHint {
-                        value: excerpt(&value),
+                        value: excerpt(&value, ECHOED_CHARS),
                     })?;
                 // Only a hint: a huge one means "as many as you will give".
                 Some(u32::try_from(hint).unwrap_or(u32::MAX)).filter(|&hint| hint > 0)
@@ -310,7 +310,7 @@ impl<'q> RawFields<'q> {
                 if let Some(index) = other.strip_prefix("cursor") {
                     let partition = parse_partition_index(index).ok_or_else(|| {
                         RequestError::InvalidCursorParameter {
-                            name: excerpt(other),
+                            name: excerpt(other, ECHOED_CHARS),
                         }
                     })?;
                     self.cursors.push((partition, value));
