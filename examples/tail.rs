@@ -11,6 +11,8 @@
 //! (`headers` omitted when empty). With `--cursor`, only the partitions
 //! given are read, from the cursors given; otherwise every partition from
 //! `_first`. Without `--follow`, it stops once a page brings nothing new.
+//! `--max-events M` stops after M events, at a checkpoint: with a feed
+//! that checkpoints after several events, the last group may go past M.
 //!
 //! An event is printed once a checkpoint of its partition covers it, so
 //! the printed events and the cursors always match. With `--state FILE`,
@@ -115,6 +117,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
                 let partition = number(partition, "--cursor's partition")?;
                 let cursor =
                     Cursor::new(cursor).map_err(|error| format!("--cursor {given:?}: {error}"))?;
+                if cursors.iter().any(|(given, _)| *given == partition) {
+                    return Err(format!("--cursor gives partition {partition} twice"));
+                }
                 cursors.push((partition, cursor));
             }
             "--page-size" => page_size = Some(number(&value("--page-size")?, "--page-size")?),
@@ -262,8 +267,10 @@ impl<W: Write> Tail<W> {
                 FeedItem::Event(event) => pending.entry(event.partition).or_default().push(event),
                 FeedItem::Checkpoint(checkpoint) => {
                     let events = pending.remove(&checkpoint.partition).unwrap_or_default();
-                    if max_events.is_some_and(|max| self.printed + events.len() as u64 > max) {
-                        // Stop at a checkpoint, so that cursors and output agree.
+                    if max_events.is_some_and(|max| self.printed >= max) {
+                        // Stop at a checkpoint, so that cursors and output
+                        // agree; a checkpoint that covers more than is left
+                        // is printed whole rather than never.
                         break;
                     }
                     for event in events {

@@ -260,6 +260,15 @@ fn errors_exit_non_zero_with_one_line() {
             "0=never-handed-out",
         ],
         vec!["http://127.0.0.1:1/feed", "--partitions", "1"],
+        vec![
+            url.as_str(),
+            "--partitions",
+            "1",
+            "--cursor",
+            "0=_first",
+            "--cursor",
+            "0=_last",
+        ],
     ] {
         let output = Command::new(tail_binary())
             .args(&args)
