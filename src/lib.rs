@@ -12,8 +12,8 @@
 //! - [`protocol`]: the wire model both sides share: [`Cursor`](protocol::Cursor),
 //!   [`FeedRequest`](protocol::FeedRequest), events and checkpoints, and the
 //!   NDJSON line codec.
-//! - `server`: the feed as a `tower::Service` ([`server::FeedService`]) over
-//!   a [`server::FeedReader`] you implement, and [`server::MemoryFeed`], an
+//! - `server`: the feed as a `tower::Service` (`server::FeedService`) over
+//!   a `server::FeedReader` you implement, and `server::MemoryFeed`, an
 //!   in-memory feed.
 //! - `client`: a consumer over any HTTP `tower::Service`, with retry and
 //!   timeouts, pages that tell apart what is safe to commit, and typed errors.
@@ -77,7 +77,7 @@
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod protocol;
 

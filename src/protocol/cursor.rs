@@ -10,7 +10,8 @@ use std::sync::Arc;
 /// A cursor is non-empty printable ASCII (`0x20..=0x7E`) of at most
 /// [`Cursor::MAX_LEN`] bytes, so that it survives a query string, a log line
 /// and a database column unchanged. Cloning is cheap (shared storage).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// Not `Ord`: cursors are opaque, and their text says nothing about order.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Cursor(Arc<str>);
 
 impl Cursor {
