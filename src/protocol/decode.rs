@@ -170,28 +170,29 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
         let parsed = if content > self.max_line_length {
             Err(self.too_long(self.lines))
         } else {
-            let line = &buf[..content];
-            match line.iter().position(|b| !b.is_ascii_whitespace()) {
-                None => Ok(None),
-                Some(first) => self
-                    .parse(line, first)
-                    .map_err(|(kind, source)| DecodeError {
-                        line: self.lines,
-                        kind,
-                        source,
-                    }),
-            }
+            self.parse(&buf[..content])
+                .map_err(|(kind, source)| DecodeError {
+                    line: self.lines,
+                    kind,
+                    source,
+                })
         };
         let item = match parsed {
             Ok(Some(Line::Raw {
                 partition,
                 headers,
                 span,
+                line_safe,
             })) => {
                 let mut data = buf.split_to(consumed);
                 data.advance(span.start);
                 data.truncate(span.len());
-                let data = raw_as::<D>(RawJson::from_valid(data.freeze()));
+                let data = data.freeze();
+                let data = raw_as::<D>(if line_safe {
+                    RawJson::from_line_safe(data)
+                } else {
+                    RawJson::from_valid(data)
+                });
                 return Some(Ok(FeedItem::Event(Event {
                     partition,
                     headers,
@@ -215,33 +216,46 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
         )
     }
 
-    /// Parses a non-blank line whose first non-whitespace byte is at `first`.
-    fn parse(&self, line: &[u8], first: usize) -> Result<Option<Line<D>>, Failure> {
-        let text = std::str::from_utf8(line).map_err(|_| (DecodeErrorKind::InvalidUtf8, None))?;
-        if let Some(parsed) = self.parse_common(text) {
-            return parsed.map(Some);
+    /// Parses a line (without its line break); `None` when it is blank.
+    fn parse(&self, line: &[u8]) -> Result<Option<Line<D>>, Failure> {
+        match self.parse_common(line) {
+            Some(parsed) => parsed.map(Some),
+            None => self.parse_general(line),
         }
-        self.parse_general(text, first)
     }
 
     /// Parses the two shapes nearly every line has, as this crate and the
     /// reference servers write them: `{"partition":P,"cursor":"C"}` with no
-    /// escape in `C`, and `{"partition":P,"data":D}`. `None` when the line
-    /// has another shape, for [`parse_general`](Self::parse_general); the
-    /// outcome is the same as the general path's.
-    fn parse_common(&self, text: &str) -> Option<Result<Line<D>, Failure>> {
-        let rest = text.strip_prefix("{\"partition\":")?;
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 10 || (digits > 1 && rest.starts_with('0')) {
+    /// escape or control character in `C`, and `{"partition":P,"data":D}`.
+    /// `None` when the line has another shape, for
+    /// [`parse_general`](Self::parse_general); the outcome is the same as
+    /// the general path's.
+    ///
+    /// The line is not yet known to be UTF-8: the rest of each shape is
+    /// ASCII, so checking `C` or `D` is enough, and for `D` the validator
+    /// does it in the pass it makes anyway.
+    fn parse_common(&self, line: &[u8]) -> Option<Result<Line<D>, Failure>> {
+        let rest = line.strip_prefix(b"{\"partition\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 10 || (digits > 1 && rest[0] == b'0') {
             return None;
         }
-        let partition = u32::try_from(rest[..digits].parse::<u64>().ok()?).ok()?;
+        // At most ten digits: no overflow in a u64.
+        let partition = rest[..digits]
+            .iter()
+            .fold(0, |value: u64, digit| value * 10 + u64::from(digit - b'0'));
+        let partition = u32::try_from(partition).ok()?;
         let rest = &rest[digits..];
-        if let Some(cursor) = rest.strip_prefix(",\"cursor\":\"") {
-            let cursor = cursor.strip_suffix("\"}")?;
-            if cursor.contains(['"', '\\']) {
+        if let Some(cursor) = rest.strip_prefix(b",\"cursor\":\"") {
+            let cursor = cursor.strip_suffix(b"\"}")?;
+            // serde_json would unescape the string or refuse it.
+            if cursor
+                .iter()
+                .any(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+            {
                 return None;
             }
+            let cursor = std::str::from_utf8(cursor).ok()?;
             return Some((|| {
                 let cursor = Cursor::new(cursor)
                     .map_err(|reason| (DecodeErrorKind::InvalidCursor(reason), None))?;
@@ -252,25 +266,35 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                 })))
             })());
         }
-        let data = rest.strip_prefix(",\"data\":")?.strip_suffix('}')?;
-        let data = data.trim_end_matches([' ', '\t', '\r', '\n']);
-        if !data.starts_with(|c: char| !c.is_ascii_whitespace()) {
+        let data = rest.strip_prefix(b",\"data\":")?.strip_suffix(b"}")?;
+        let end = data
+            .iter()
+            .rposition(|byte| !matches!(byte, b' ' | b'\t' | b'\r' | b'\n'))?;
+        let data = &data[..=end];
+        if data[0].is_ascii_whitespace() {
             return None;
         }
         // Valid as one value: then the line is exactly this event, and the
         // general path would find the same.
-        if !validate::is_json(data.as_bytes()) {
-            return None;
-        }
-        Some(
-            self.check_partition(partition)
-                .and_then(|partition| event(partition, Headers::new(), text, data)),
-        )
+        let valid = validate::check(data)?;
+        Some(self.check_partition(partition).and_then(|partition| {
+            event(
+                partition,
+                Headers::new(),
+                line,
+                data,
+                valid == validate::Valid::LineSafe,
+            )
+        }))
     }
 
-    /// Parses any line, with serde.
-    fn parse_general(&self, text: &str, first: usize) -> Result<Option<Line<D>>, Failure> {
-        if text.as_bytes()[first] != b'{' {
+    /// Parses any line, with serde; `None` when it is blank.
+    fn parse_general(&self, line: &[u8]) -> Result<Option<Line<D>>, Failure> {
+        let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(line).map_err(|_| (DecodeErrorKind::InvalidUtf8, None))?;
+        if line[first] != b'{' {
             return Err(match serde_json::from_str::<IgnoredAny>(text) {
                 Ok(_) => (DecodeErrorKind::NotAnObject, None),
                 Err(error) => (DecodeErrorKind::InvalidJson, Some(error)),
@@ -304,7 +328,14 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                         return Err((DecodeErrorKind::InvalidHeaders, None));
                     }
                 };
-                event(partition, headers, text, data.get()).map(Some)
+                event(
+                    partition,
+                    headers,
+                    text.as_bytes(),
+                    data.get().as_bytes(),
+                    false,
+                )
+                .map(Some)
             }
             // A message of a newer protocol version.
             (None, None) => Ok(None),
@@ -350,28 +381,32 @@ enum Line<D> {
         partition: u32,
         headers: Headers,
         span: Range<usize>,
+        /// Whether the data is known to need no rewriting to be line-safe.
+        line_safe: bool,
     },
 }
 
-/// An event whose data is `raw`, valid JSON that lies in `text`.
+/// An event whose data is `raw`, valid UTF-8 JSON that lies in `line`.
 fn event<D: DeserializeOwned + 'static>(
     partition: u32,
     headers: Headers,
-    text: &str,
-    raw: &str,
+    line: &[u8],
+    raw: &[u8],
+    line_safe: bool,
 ) -> Result<Line<D>, Failure> {
     // Without specialization, the default `RawJson` is recognised by type:
     // it shares the line's bytes instead of copying them out of `raw`.
     if TypeId::of::<D>() == TypeId::of::<RawJson>() {
-        let start = raw.as_ptr().addr() - text.as_ptr().addr();
+        let start = raw.as_ptr().addr() - line.as_ptr().addr();
         return Ok(Line::Raw {
             partition,
             headers,
             span: start..start + raw.len(),
+            line_safe,
         });
     }
     let data =
-        serde_json::from_str(raw).map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
+        serde_json::from_slice(raw).map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
     Ok(Line::Item(FeedItem::Event(Event {
         partition,
         headers,
@@ -753,19 +788,20 @@ mod tests {
                     partition,
                     headers,
                     span,
+                    line_safe: _,
                 } => write!(f, "raw event {partition} {headers:?} {span:?}"),
             }
         }
     }
 
     /// What the general path makes of a line, for comparison.
-    fn general(decoder: &LineDecoder, line: &str) -> String {
-        format!("{:?}", decoder.parse_general(line, 0))
+    fn general(decoder: &LineDecoder, line: impl AsRef<[u8]>) -> String {
+        format!("{:?}", decoder.parse_general(line.as_ref()))
     }
 
-    fn common(decoder: &LineDecoder, line: &str) -> Option<String> {
+    fn common(decoder: &LineDecoder, line: impl AsRef<[u8]>) -> Option<String> {
         decoder
-            .parse_common(line)
+            .parse_common(line.as_ref())
             .map(|parsed| format!("{:?}", parsed.map(Some)))
     }
 
@@ -778,6 +814,9 @@ mod tests {
             r#"{"partition":0,"data":null}"#,
             r#"{"partition":3,"data":1}"#,
             r#"{"partition":0,"cursor":""}"#,
+            "{\"partition\":0,\"cursor\":\"\u{7f}é\"}",
+            "{\"partition\":0,\"data\":\"é\u{2028}\"}",
+            "{\"partition\":0,\"data\":[1,\r2]\r\n }",
         ] {
             assert_eq!(
                 common(&decoder, line),
@@ -786,14 +825,39 @@ mod tests {
             );
         }
         for line in [
-            r#"{"partition":0,"cursor":"a\"b"}"#,
-            r#"{"partition":0,"data":1,"headers":{}}"#,
-            r#"{"partition":00,"data":1}"#,
-            r#"{"partition":0,"data": 1}"#,
-            r#"{"partition":99999999999,"data":1}"#,
+            &br#"{"partition":0,"cursor":"a\"b"}"#[..],
+            br#"{"partition":0,"data":1,"headers":{}}"#,
+            br#"{"partition":00,"data":1}"#,
+            br#"{"partition":0,"data": 1}"#,
+            br#"{"partition":99999999999,"data":1}"#,
+            // Left to the general path, which tells what is wrong.
+            b"{\"partition\":0,\"cursor\":\"a\tb\"}",
+            b"{\"partition\":0,\"cursor\":\"\xff\"}",
+            b"{\"partition\":0,\"data\":\"\xc3\"}",
         ] {
-            assert_eq!(common(&decoder, line), None, "{line}");
+            assert_eq!(common(&decoder, line), None, "{line:?}");
         }
+    }
+
+    /// Event data as `decode` hands it out for `line`.
+    fn decoded_data(line: &[u8]) -> RawJson {
+        let mut buf = BytesMut::from(line);
+        match LineDecoder::<RawJson>::new([0]).decode_eof(&mut buf) {
+            Some(Ok(FeedItem::Event(event))) => event.data,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_is_shared_as_is_only_when_line_safe() {
+        let plain = decoded_data(br#"{"partition":0,"data":{"a": ["b\u2028"]}}"#);
+        assert_eq!(plain.as_str(), r#"{"a": ["b\u2028"]}"#);
+        let spaced = decoded_data(b"{\"partition\":0,\"data\":[1,\r2]}");
+        assert_eq!(spaced.as_str(), "[1, 2]");
+        let separator = decoded_data("{\"partition\":0,\"data\":\"é\u{2028}\"}".as_bytes());
+        assert_eq!(separator.as_str(), r#""é\u2028""#);
+        let plain = decoded_data("{\"partition\":0,\"data\":\"é\"}".as_bytes());
+        assert_eq!(plain.as_str(), r#""é""#);
     }
 
     proptest! {
@@ -808,6 +872,29 @@ mod tests {
         ) {
             let decoder = LineDecoder::new([0, 1, 12]);
             let line = format!("{{\"partition\":{partition}{body}");
+            if let Some(fast) = common(&decoder, &line) {
+                prop_assert_eq!(fast, general(&decoder, &line));
+            }
+        }
+
+        /// Lines that need not be UTF-8, with bytes the fast path treats
+        /// apart: quotes, backslashes, control characters, line breaks and
+        /// bytes outside ASCII.
+        #[test]
+        fn the_fast_path_agrees_with_the_general_one_on_bytes(
+            shape in prop_oneof![
+                Just(&b"{\"partition\":0,\"cursor\":\""[..]),
+                Just(&b"{\"partition\":0,\"data\":\""[..]),
+                Just(&b"{\"partition\":0,\"data\":[\""[..]),
+            ],
+            text in prop::collection::vec(prop_oneof![
+                4 => prop::sample::select(b"ab \"\\\r\t".to_vec()),
+                1 => any::<u8>(),
+            ], 0..10),
+            close in prop_oneof![Just(&b"\"}"[..]), Just(&b"\"]}"[..]), Just(&b"\"]\r\t}"[..])],
+        ) {
+            let decoder = LineDecoder::new([0]);
+            let line = [shape, &text, close].concat();
             if let Some(fast) = common(&decoder, &line) {
                 prop_assert_eq!(fast, general(&decoder, &line));
             }

@@ -40,6 +40,13 @@ impl RawJson {
         }
     }
 
+    /// Keeps text already known to be valid JSON and line-safe, as the
+    /// decoder's validator reports it, saving the scan for what to escape.
+    pub(crate) fn from_line_safe(text: Bytes) -> Self {
+        debug_assert!(!needs_line_safety(&text), "not line-safe: {text:?}");
+        RawJson(text)
+    }
+
     /// The JSON text.
     pub fn as_str(&self) -> &str {
         // Every constructor checked or produced JSON, which is UTF-8, and

@@ -1,31 +1,70 @@
 //! A JSON validator for event data, faster than deserializing into
 //! `IgnoredAny`: the decoder's hot path checks every event's data, and most
-//! of it is strings, which are scanned eight bytes at a time here.
+//! of it is short strings and small objects. So it walks the text in one
+//! loop, with an explicit stack instead of recursion (no call per value),
+//! and scans strings eight bytes at a time.
 //!
 //! It accepts what `serde_json` accepts when it skips a value (RFC 8259
 //! JSON with any `\uXXXX` escape, surrounding whitespace allowed), except
 //! that it refuses values nested deeper than 128 levels, which bounds its
-//! recursion: the caller leaves those to `serde_json`. The input is already
-//! known to be UTF-8.
+//! stack: the caller leaves those to `serde_json`.
+//!
+//! It also checks UTF-8, so that the decoder need not run a separate pass
+//! over the line: since JSON has bytes outside ASCII only inside strings,
+//! the string scan notes whether it met any, and only then is the text
+//! checked again as UTF-8. The same note tells whether the text is already
+//! safe to put on one NDJSON line as it is.
 
 /// The deepest nesting of arrays and objects accepted.
 const MAX_DEPTH: usize = 128;
 
-/// Whether `text` is exactly one JSON value, with optional whitespace
-/// around it.
-pub(super) fn is_json(text: &[u8]) -> bool {
-    let mut checker = Checker { text, at: 0 };
-    checker.whitespace();
-    if checker.value(0).is_none() {
-        return false;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// What [`check`] found besides validity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Valid {
+    /// Only ASCII and no raw `\r` or `\n`: safe on one NDJSON line as is.
+    LineSafe,
+    /// Something that [`RawJson`](crate::protocol::RawJson) rewrites to
+    /// make it line-safe may be there.
+    Other,
+}
+
+/// Whether `text` is exactly one JSON value in UTF-8, with optional
+/// whitespace around it; `None` when it is not.
+pub(super) fn check(text: &[u8]) -> Option<Valid> {
+    let mut checker = Checker {
+        text,
+        at: 0,
+        seen: 0,
+        line_break: false,
+    };
+    checker.run()?;
+    if checker.at != text.len() {
+        return None;
     }
-    checker.whitespace();
-    checker.at == text.len()
+    if checker.seen & HIGHS == 0 {
+        return Some(if checker.line_break {
+            Valid::Other
+        } else {
+            Valid::LineSafe
+        });
+    }
+    std::str::from_utf8(text).ok()?;
+    Some(Valid::Other)
 }
 
 struct Checker<'a> {
     text: &'a [u8],
     at: usize,
+    /// Every string byte scanned, or'ed together (and some bytes after
+    /// them): its high bits say whether the text may hold bytes outside
+    /// ASCII, which can only be in strings.
+    seen: u64,
+    /// Whether whitespace held a `\r` or `\n` (the only places they can
+    /// be raw).
+    line_break: bool,
 }
 
 impl Checker<'_> {
@@ -33,27 +72,119 @@ impl Checker<'_> {
         self.text.get(self.at).copied()
     }
 
-    fn whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.at += 1;
-        }
-    }
-
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+    #[inline(always)]
+    fn whitespace(&mut self) {
+        while let Some(byte) = self.peek() {
+            // Every whitespace byte is at most a space: compact JSON leaves
+            // here after one comparison.
+            if byte > b' ' {
+                return;
+            }
+            match byte {
+                b' ' | b'\t' => {}
+                b'\n' | b'\r' => self.line_break = true,
+                _ => return,
+            }
+            self.at += 1;
         }
+    }
+
+    /// Checks one value and the whitespace after it.
+    ///
+    /// Whitespace is skipped where a token was expected and something else
+    /// came, so compact JSON pays nothing for it.
+    #[inline(always)]
+    fn run(&mut self) -> Option<()> {
+        // Whether each open container is an object, the innermost one's in
+        // `object`: kept in memory, not in a wide integer, which would take
+        // the registers the string scan needs.
+        let mut outer = [false; MAX_DEPTH];
+        let mut object = false;
+        let mut depth = 0;
+        'value: loop {
+            match self.peek()? {
+                b'"' => self.string()?,
+                open @ (b'{' | b'[') => {
+                    if depth == MAX_DEPTH {
+                        return None;
+                    }
+                    outer[depth] = object;
+                    object = open == b'{';
+                    depth += 1;
+                    self.at += 1;
+                    self.whitespace();
+                    let close = if object { b'}' } else { b']' };
+                    if self.peek()? != close {
+                        if object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    self.at += 1;
+                    depth -= 1;
+                    object = outer[depth];
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    self.whitespace();
+                    continue 'value;
+                }
+                _ => return None,
+            }
+            // After a value: close what it ends, up to the next one.
+            loop {
+                if depth == 0 {
+                    self.whitespace();
+                    return Some(());
+                }
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        if object {
+                            self.key()?;
+                        }
+                        continue 'value;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    b' ' | b'\t' | b'\n' | b'\r' => {
+                        self.whitespace();
+                        continue;
+                    }
+                    _ => return None,
+                }
+                self.at += 1;
+                depth -= 1;
+                object = outer[depth];
+            }
+        }
+    }
+
+    /// An object member's key and colon, up to its value.
+    #[inline(always)]
+    fn key(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
+            self.whitespace();
+            if self.peek()? != b'"' {
+                return None;
+            }
+        }
+        self.string()?;
+        if self.peek()? != b':' {
+            self.whitespace();
+            if self.peek()? != b':' {
+                return None;
+            }
+        }
+        self.at += 1;
+        Some(())
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -62,66 +193,8 @@ impl Checker<'_> {
             .then(|| self.at += word.len())
     }
 
-    fn object(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.at += 1;
-        self.whitespace();
-        if self.eat(b'}').is_some() {
-            return Some(());
-        }
-        loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            self.string()?;
-            self.whitespace();
-            self.eat(b':')?;
-            self.whitespace();
-            self.value(depth)?;
-            self.whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.at += 1;
-        self.whitespace();
-        if self.eat(b']').is_some() {
-            return Some(());
-        }
-        loop {
-            self.value(depth)?;
-            self.whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
     /// A string, from its opening quote.
+    #[inline(always)]
     fn string(&mut self) -> Option<()> {
         self.at += 1;
         loop {
@@ -131,20 +204,7 @@ impl Checker<'_> {
                     self.at += 1;
                     return Some(());
                 }
-                b'\\' => {
-                    self.at += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
-                        b'u' => {
-                            let hex = self.text.get(self.at + 1..self.at + 5)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
-                            self.at += 5;
-                        }
-                        _ => return None,
-                    }
-                }
+                b'\\' => self.at = escape(self.text, self.at)?,
                 // A control character, which must be escaped.
                 _ => return None,
             }
@@ -153,19 +213,21 @@ impl Checker<'_> {
 
     /// Moves to the next byte that is a quote, a backslash or a control
     /// character, eight bytes at a time while there are eight.
+    #[inline(always)]
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGHS: u64 = 0x8080_8080_8080_8080;
         while let Some(chunk) = self.text.get(self.at..self.at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            // The classic "has a zero byte" and "has a byte below n" tests;
+            self.seen |= word;
+            // The classic "has a zero byte" and "has a byte below n" tests,
+            // sharing their `& !x` (the xors leave the high bits alone);
             // their lowest flagged byte is always a true match.
             let quote = word ^ (ONES * u64::from(b'"'));
             let backslash = word ^ (ONES * u64::from(b'\\'));
-            let found = (quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (word.wrapping_sub(ONES * 0x20) & !word);
-            let found = found & HIGHS;
+            let found = (quote.wrapping_sub(ONES)
+                | backslash.wrapping_sub(ONES)
+                | word.wrapping_sub(ONES * 0x20))
+                & !word
+                & HIGHS;
             if found != 0 {
                 self.at += (found.trailing_zeros() / 8) as usize;
                 return;
@@ -173,6 +235,7 @@ impl Checker<'_> {
             self.at += 8;
         }
         while let Some(byte) = self.peek() {
+            self.seen |= u64::from(byte);
             if byte == b'"' || byte == b'\\' || byte < 0x20 {
                 return;
             }
@@ -215,14 +278,41 @@ impl Checker<'_> {
     }
 }
 
+/// The end of the escape sequence at `at` in a string (its backslash).
+///
+/// Out of line and apart from the checker, so that the checker's fields
+/// can stay in registers through the string scan.
+#[cold]
+fn escape(text: &[u8], at: usize) -> Option<usize> {
+    match text.get(at + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
+        b'u' => {
+            let hex = text.get(at + 2..at + 6)?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(at + 6)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::is_json;
+    use super::{Valid, check};
+    use crate::protocol::json::needs_line_safety;
+
+    fn is_json(text: &[u8]) -> bool {
+        check(text).is_some()
+    }
 
     fn serde_accepts(text: &str) -> bool {
         serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    }
+
+    /// `serde_json` skips strings without checking their UTF-8, so the
+    /// bytes are checked first, as the decoder did before parsing.
+    fn serde_accepts_bytes(text: &[u8]) -> bool {
+        std::str::from_utf8(text).is_ok_and(serde_accepts)
     }
 
     #[test]
@@ -270,6 +360,13 @@ mod tests {
             "\"\\/\\b\\f\\n\\r\\t\\\\\"",
             "{\"a\":1}x",
             "[\"\u{1f}\"]",
+            "[\"\u{7f}\"]",
+            "{\"a\":[1,{\"b\":[]}],\"c\":{}}",
+            "[[],[[]],{}]",
+            "{\"a\":1]",
+            "[1}",
+            "[1,2",
+            "{\"a\":{}",
         ];
         for case in cases {
             assert_eq!(is_json(case.as_bytes()), serde_accepts(case), "{case:?}");
@@ -277,12 +374,61 @@ mod tests {
         let deep = |n| "[".repeat(n) + &"]".repeat(n);
         assert!(is_json(deep(128).as_bytes()));
         assert!(!is_json(deep(129).as_bytes()));
+        let deep_objects = |n: usize| "{\"a\":".repeat(n - 1) + "{}" + &"}".repeat(n - 1);
+        assert!(is_json(deep_objects(128).as_bytes()));
+        assert!(!is_json(deep_objects(129).as_bytes()));
+    }
+
+    #[test]
+    fn checks_utf8_in_strings() {
+        assert_eq!(check("\"é\"".as_bytes()), Some(Valid::Other));
+        assert_eq!(
+            check("[\"a\",\"😀 and more than eight bytes\"]".as_bytes()),
+            Some(Valid::Other)
+        );
+        for invalid in [
+            &b"\"\xff\""[..],
+            b"\"\xc3\"",
+            b"\"\x80abcdefgh\"",
+            b"\"abcdefgh\xed\xa0\x80\"",
+            b"[\"\xc3\xa9\",\"\xc3\"]",
+            b"\xc3\xa9",
+        ] {
+            assert_eq!(check(invalid), None, "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn tells_what_is_line_safe_as_is() {
+        assert_eq!(check(b"{\"a\": [1, \"b\\n\"]}"), Some(Valid::LineSafe));
+        assert_eq!(check(b"{\"a\":\r\n1}"), Some(Valid::Other));
+        assert_eq!(check(b"[1,\n2]"), Some(Valid::Other));
+        assert_eq!(check("\"\u{2028}\"".as_bytes()), Some(Valid::Other));
     }
 
     proptest! {
         #[test]
         fn agrees_with_serde_json_on_json_like_text(text in r#"[ \[\]{}",:0-9.eE+\-tfrulnas\\/é\x01\x1f]{0,40}"#) {
             prop_assert_eq!(is_json(text.as_bytes()), serde_accepts(&text));
+        }
+
+        #[test]
+        fn agrees_with_serde_json_on_bytes(text in prop::collection::vec(prop_oneof![
+            prop::sample::select(b"[]{}\",:0-9e-tnul\\ \r\nab".to_vec()),
+            any::<u8>(),
+        ], 0..40)) {
+            prop_assert_eq!(is_json(&text), serde_accepts_bytes(&text));
+        }
+
+        #[test]
+        fn line_safe_means_nothing_to_rewrite(text in "[ -~\r\n\u{85}\u{2028}é]{0,12}", wrap in any::<bool>()) {
+            let json = if wrap { serde_json::to_string(&text).unwrap() } else { text };
+            let json = format!("[{json}]");
+            if let Some(valid) = check(json.as_bytes()) {
+                let plain = json.is_ascii() && !json.contains(['\r', '\n']);
+                prop_assert_eq!(valid == Valid::LineSafe, plain);
+                prop_assert!(valid == Valid::Other || !needs_line_safety(json.as_bytes()));
+            }
         }
 
         #[test]
