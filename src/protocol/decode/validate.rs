@@ -212,22 +212,30 @@ impl Checker<'_> {
     }
 
     /// Moves to the next byte that is a quote, a backslash or a control
-    /// character, eight bytes at a time while there are eight.
+    /// character, sixteen or eight bytes at a time while there are as many:
+    /// a step of sixteen costs little more than one of eight, and most
+    /// strings of event data are short.
     #[inline(always)]
     fn skip_plain(&mut self) {
+        while let Some(chunk) = self.text.get(self.at..self.at + 16) {
+            let low = u64::from_le_bytes(chunk[..8].try_into().expect("eight bytes"));
+            let high = u64::from_le_bytes(chunk[8..].try_into().expect("eight bytes"));
+            self.seen |= low | high;
+            let (low, high) = (special(low), special(high));
+            if low | high != 0 {
+                self.at += if low != 0 {
+                    (low.trailing_zeros() / 8) as usize
+                } else {
+                    8 + (high.trailing_zeros() / 8) as usize
+                };
+                return;
+            }
+            self.at += 16;
+        }
         while let Some(chunk) = self.text.get(self.at..self.at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
             self.seen |= word;
-            // The classic "has a zero byte" and "has a byte below n" tests,
-            // sharing their `& !x` (the xors leave the high bits alone);
-            // their lowest flagged byte is always a true match.
-            let quote = word ^ (ONES * u64::from(b'"'));
-            let backslash = word ^ (ONES * u64::from(b'\\'));
-            let found = (quote.wrapping_sub(ONES)
-                | backslash.wrapping_sub(ONES)
-                | word.wrapping_sub(ONES * 0x20))
-                & !word
-                & HIGHS;
+            let found = special(word);
             if found != 0 {
                 self.at += (found.trailing_zeros() / 8) as usize;
                 return;
@@ -276,6 +284,21 @@ impl Checker<'_> {
             self.at += 1;
         }
     }
+}
+
+/// The high bit of each byte of `word` that is a quote, a backslash or a
+/// control character, and maybe of some bytes after the first of them.
+///
+/// The classic "has a zero byte" and "has a byte below n" tests, sharing
+/// their `& !x` (the xors leave the high bits alone); their lowest flagged
+/// byte is always a true match.
+#[inline(always)]
+fn special(word: u64) -> u64 {
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    (quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES) | word.wrapping_sub(ONES * 0x20))
+        & !word
+        & HIGHS
 }
 
 /// The end of the escape sequence at `at` in a string (its backslash).
@@ -377,6 +400,16 @@ mod tests {
         let deep_objects = |n: usize| "{\"a\":".repeat(n - 1) + "{}" + &"}".repeat(n - 1);
         assert!(is_json(deep_objects(128).as_bytes()));
         assert!(!is_json(deep_objects(129).as_bytes()));
+    }
+
+    #[test]
+    fn finds_special_bytes_wherever_they_are_in_a_string() {
+        for at in 0..24 {
+            for special in ["\"", "\\n", "\\", "\u{1}", "é", "\u{7f}"] {
+                let text = format!("[\"{}{special}{}\"]", "a".repeat(at), "b".repeat(24 - at));
+                assert_eq!(is_json(text.as_bytes()), serde_accepts(&text), "{text:?}");
+            }
+        }
     }
 
     #[test]
