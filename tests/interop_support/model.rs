@@ -146,6 +146,15 @@ impl FeedModel {
         self.partitions.len() as u32
     }
 
+    /// How many events, in all partitions, carry headers.
+    pub(crate) fn events_with_headers(&self) -> usize {
+        self.partitions
+            .iter()
+            .flatten()
+            .filter(|event| !event.headers.is_empty())
+            .count()
+    }
+
     /// The number of events in all partitions.
     pub(crate) fn len(&self) -> usize {
         self.partitions.iter().map(Vec::len).sum()
@@ -240,6 +249,7 @@ impl FeedModel {
             })
             .collect();
         let mut events = 0;
+        let mut events_with_headers = 0;
         for (line, item) in items.iter().enumerate() {
             let partition = match item {
                 Received::Event { partition, .. } | Received::Checkpoint { partition, .. } => {
@@ -273,6 +283,9 @@ impl FeedModel {
                     position.awaiting_checkpoint = Some(position.next);
                     position.next += 1;
                     events += 1;
+                    if matches!(item, Received::Event { headers, .. } if !headers.is_empty()) {
+                        events_with_headers += 1;
+                    }
                 }
                 Received::Checkpoint { cursor, .. } => {
                     let expected = match position.awaiting_checkpoint.take() {
@@ -305,6 +318,7 @@ impl FeedModel {
             .collect();
         next_cursors.sort();
         PageSummary {
+            events_with_headers,
             events,
             cursors: next_cursors,
         }
@@ -316,6 +330,8 @@ impl FeedModel {
 pub(crate) struct PageSummary {
     /// How many events.
     pub(crate) events: usize,
+    /// How many of them came with headers.
+    pub(crate) events_with_headers: usize,
     /// Where each requested partition resumes: its last checkpoint, or the
     /// cursor it was read from when the page had none for it.
     pub(crate) cursors: Vec<(u32, String)>,
