@@ -93,7 +93,7 @@ impl fmt::Display for RequestError {
             }
             RequestError::InvalidPartitionCount { value } => write!(
                 f,
-                "parameter \"n\" must be a partition count in ASCII digits, got {value:?}"
+                "parameter \"n\" must be a partition count in ASCII digits, at most 4294967295, got {value:?}"
             ),
             RequestError::PartitionCountMismatch { .. } => {
                 f.write_str("handshake error: partition count mismatch")
