@@ -183,7 +183,9 @@ fn only(names: &[&str]) -> HeaderSelection {
 }
 
 fn invalid_n(value: &str) -> String {
-    format!("parameter \"n\" must be a partition count in ASCII digits, at most 4294967295, got {value:?}")
+    format!(
+        "parameter \"n\" must be a partition count in ASCII digits, at most 4294967295, got {value:?}"
+    )
 }
 
 fn invalid_hint(value: &str) -> String {

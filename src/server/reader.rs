@@ -52,6 +52,10 @@ pub trait FeedReader: Send + Sync + 'static {
 }
 
 /// What one call of [`FeedReader::read`] is asked for.
+///
+/// Its fields are private so that protocol extensions (a long-polling
+/// `wait` budget, virtual partitions) can arrive as new accessors without
+/// breaking readers.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadContext<'a> {
     request: &'a FeedRequest,
