@@ -74,6 +74,15 @@ fn null_data_is_an_event() {
 }
 
 #[test]
+fn a_null_cursor_is_no_cursor() {
+    assert_eq!(
+        decode("{\"partition\":0,\"data\":1,\"cursor\":null}\n{\"partition\":1,\"cursor\":null}\n")
+            .unwrap(),
+        vec![event(0, "1")]
+    );
+}
+
+#[test]
 fn crlf_blank_and_whitespace_only_lines() {
     let items = decode("\r\n{\"partition\":0,\"data\":1}\r\n\n   \n\t \r\n\r\n{\"partition\":1,\"cursor\":\"x\"}\r\n")
         .unwrap();
@@ -200,7 +209,6 @@ fn empty_or_invalid_cursors_are_errors() {
     );
     for line in [
         "{\"partition\":0,\"cursor\":12}",
-        "{\"partition\":0,\"cursor\":null}",
         "{\"partition\":0,\"cursor\":[\"a\"]}",
     ] {
         assert_eq!(

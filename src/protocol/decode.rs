@@ -33,6 +33,7 @@ use super::{Checkpoint, Cursor, Event, FeedItem, FeedRequest, Headers, InvalidCu
 /// Beyond the protocol's letter, a line with a `cursor` that is not a valid
 /// [`Cursor`] (empty, say) or with both `data` and `cursor` is an error: a
 /// checkpoint nobody can resume from must not be dropped silently.
+/// `"cursor":null` counts as no cursor, as the reference clients read it.
 ///
 /// Event data is `D`: with the default [`RawJson`] it is a slice of the
 /// line's bytes (no copy, no parse beyond finding its end); any other
@@ -311,7 +312,12 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
         if let Some(key) = fields.duplicate {
             return Err((DecodeErrorKind::DuplicateKey { key }, None));
         }
-        match (fields.data, fields.cursor) {
+        // `"cursor": null` says there is no cursor, as the reference
+        // clients read it.
+        let cursor = fields
+            .cursor
+            .filter(|cursor| !matches!(cursor, Loose::Null));
+        match (fields.data, cursor) {
             (Some(_), Some(_)) => Err((DecodeErrorKind::DataAndCursor, None)),
             (None, Some(cursor)) => {
                 let cursor = match cursor {
@@ -537,6 +543,7 @@ impl<'de> serde::Deserialize<'de> for Key {
 enum Loose<'a> {
     Unsigned(u64),
     Str(std::borrow::Cow<'a, str>),
+    Null,
     Other,
 }
 
@@ -572,7 +579,7 @@ impl<'de> Visitor<'de> for LooseVisitor {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Loose::Other)
+        Ok(Loose::Null)
     }
 
     fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
