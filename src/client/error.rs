@@ -52,6 +52,7 @@ enum Kind {
     Decode {
         line: u64,
     },
+    Encoded(String),
     Truncated,
     Receiver,
 }
@@ -100,6 +101,10 @@ impl Error {
 
     pub(crate) fn decode(error: DecodeError) -> Self {
         Self::new(Kind::Decode { line: error.line() }, Some(error.into()))
+    }
+
+    pub(crate) fn encoded(content_encoding: String) -> Self {
+        Self::new(Kind::Encoded(content_encoding), None)
     }
 
     pub(crate) fn truncated(error: BoxError) -> Self {
@@ -168,10 +173,12 @@ impl Error {
         }
     }
 
-    /// Whether a line of the answer breaks the protocol; the source is the
-    /// [`DecodeError`].
+    /// Whether the answer cannot be read as a page: a line breaks the
+    /// protocol (the source is the [`DecodeError`], and
+    /// [`line`](Self::line) says which), or the body is compressed
+    /// (`Content-Encoding`) and nothing decompressed it.
     pub fn is_decode(&self) -> bool {
-        matches!(self.inner.kind, Kind::Decode { .. })
+        matches!(self.inner.kind, Kind::Decode { .. } | Kind::Encoded(_))
     }
 
     /// The number of the offending line (from 1), for a decode error.
@@ -244,6 +251,12 @@ impl fmt::Display for Error {
             }
             Kind::Decode { .. } => f.write_str(
                 "the feed sent a line that breaks the protocol; report it to the feed's owner",
+            ),
+            Kind::Encoded(encoding) => write!(
+                f,
+                "the feed's answer is compressed (Content-Encoding: {encoding}); send no \
+                 Accept-Encoding, or add a decompression layer (tower_http::decompression) \
+                 to the client"
             ),
             Kind::Truncated => f.write_str(
                 "the feed's answer broke off before its end; resume from the last stored cursors",

@@ -190,6 +190,14 @@ impl<S: HttpService + Clone> Client<S> {
                 excerpt,
             ));
         }
+        // A compressed body would fail at its first line with a confusing
+        // error; say what happened instead.
+        if let Some(encoding) = head.headers.get(header::CONTENT_ENCODING) {
+            if encoding != "identity" {
+                let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+                return Err(Error::encoded(encoding));
+            }
+        }
         let decoder = LineDecoder::for_request(request).with_max_line_length(self.max_line_length);
         Ok(FeedStream::new(body, decoder, self.idle_timeout))
     }
