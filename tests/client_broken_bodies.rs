@@ -70,8 +70,19 @@ async fn fetch(url: String) -> (Vec<FeedItem>, Option<Error>) {
     (items, None)
 }
 
-const CHUNKED: &str =
-    "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+/// A chunked 200 answer's head followed by `$chunks`, as one literal.
+macro_rules! chunked {
+    ($chunks:literal) => {
+        concat!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n",
+            $chunks
+        )
+    };
+}
+
+/// One chunk holding an event and its checkpoint, and no last chunk.
+const EVENT_AND_CHECKPOINT: &str =
+    chunked!("37\r\n{\"partition\":0,\"data\":1}\n{\"partition\":0,\"cursor\":\"c1\"}\n\r\n");
 
 #[tokio::test]
 async fn a_complete_chunked_body_is_a_clean_page() {
@@ -93,11 +104,8 @@ async fn a_complete_chunked_body_is_a_clean_page() {
 #[tokio::test]
 async fn a_chunked_body_cut_mid_line() {
     let url = scripted(
-        Box::leak(
-            format!(
-                "{CHUNKED}19\r\n{{\"partition\":0,\"data\":1}}\n\r\n30\r\n{{\"partition\":0,\"cursor\":\"c1\"}}\n{{\"partition\":0,\"da"
-            )
-            .into_boxed_str(),
+        chunked!(
+            "19\r\n{\"partition\":0,\"data\":1}\n\r\n30\r\n{\"partition\":0,\"cursor\":\"c1\"}\n{\"partition\":0,\"da"
         ),
         End::Close,
     )
@@ -112,16 +120,7 @@ async fn a_chunked_body_cut_mid_line() {
 
 #[tokio::test]
 async fn a_chunked_body_cut_between_lines() {
-    let url = scripted(
-        Box::leak(
-            format!(
-                "{CHUNKED}37\r\n{{\"partition\":0,\"data\":1}}\n{{\"partition\":0,\"cursor\":\"c1\"}}\n\r\n"
-            )
-            .into_boxed_str(),
-        ),
-        End::Close,
-    )
-    .await;
+    let url = scripted(EVENT_AND_CHECKPOINT, End::Close).await;
     let (items, error) = fetch(url).await;
     assert_eq!(items.len(), 2);
     assert!(error.expect("an error").is_truncated());
@@ -144,16 +143,7 @@ async fn a_content_length_not_met() {
 
 #[tokio::test]
 async fn a_connection_reset() {
-    let url = scripted(
-        Box::leak(
-            format!(
-                "{CHUNKED}37\r\n{{\"partition\":0,\"data\":1}}\n{{\"partition\":0,\"cursor\":\"c1\"}}\n\r\n"
-            )
-            .into_boxed_str(),
-        ),
-        End::Reset,
-    )
-    .await;
+    let url = scripted(EVENT_AND_CHECKPOINT, End::Reset).await;
     let (items, error) = fetch(url).await;
     // The reset may overtake data still in flight; what arrived is intact.
     assert!(items.len() <= 2);
@@ -163,7 +153,7 @@ async fn a_connection_reset() {
 #[tokio::test]
 async fn headers_then_silence() {
     let url = scripted(
-        Box::leak(format!("{CHUNKED}19\r\n{{\"partition\":0,\"data\":1}}\n\r\n").into_boxed_str()),
+        chunked!("19\r\n{\"partition\":0,\"data\":1}\n\r\n"),
         End::Hang,
     )
     .await;

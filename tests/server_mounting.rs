@@ -26,6 +26,14 @@ use zeroeventhub::workload;
 /// A bound on waits that must end; a hang fails the test instead of CI.
 const LIVENESS: Duration = Duration::from_secs(20);
 
+/// Asks for gzip, as proxies and HTTP stacks often do.
+fn accept_gzip(mut request: Request<Empty<bytes::Bytes>>) -> Request<Empty<bytes::Bytes>> {
+    request
+        .headers_mut()
+        .insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+    request
+}
+
 #[tokio::test]
 async fn served_by_hyper_without_axum() {
     let feed = MemoryFeed::new(2);
@@ -121,14 +129,7 @@ async fn pages_stream_through_compression_that_leaves_ndjson_out() {
 
     // A consumer that accepts gzip, as proxies and HTTP stacks often do.
     let client = Client::builder(url.parse().unwrap(), 1)
-        .layer(tower::util::MapRequestLayer::new(
-            |mut request: Request<Empty<bytes::Bytes>>| {
-                request
-                    .headers_mut()
-                    .insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-                request
-            },
-        ))
+        .layer(tower::util::MapRequestLayer::new(accept_gzip))
         .build();
     let request = FeedRequest::new(1, [(0, Cursor::first())]).unwrap();
     let mut lines = tokio::time::timeout(LIVENESS, client.fetch(&request))
@@ -191,14 +192,7 @@ async fn a_compressed_page_is_read_through_a_decompression_layer_or_refused_clea
 
     // A client that asks for gzip but cannot read it is told so.
     let asks_for_gzip = Client::builder(url.clone(), 1)
-        .layer(tower::util::MapRequestLayer::new(
-            |mut request: Request<Empty<bytes::Bytes>>| {
-                request
-                    .headers_mut()
-                    .insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-                request
-            },
-        ))
+        .layer(tower::util::MapRequestLayer::new(accept_gzip))
         .build();
     let error = asks_for_gzip.fetch(&request).await.unwrap_err();
     assert!(error.is_decode(), "{error}");
