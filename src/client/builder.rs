@@ -60,9 +60,15 @@ type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connec
 /// ```
 #[must_use = "a builder does nothing until it builds"]
 pub struct ClientBuilder<L = Identity> {
+    layer: L,
+    settings: Settings,
+}
+
+/// Everything but the layers, so that adding a layer moves it whole.
+#[derive(Debug)]
+struct Settings {
     url: Uri,
     partitions: u32,
-    layer: L,
     retry: RetryPolicy,
     head_timeout: Duration,
     idle_timeout: Duration,
@@ -74,15 +80,17 @@ pub struct ClientBuilder<L = Identity> {
 impl ClientBuilder {
     pub(crate) fn new(url: Uri, partitions: u32) -> Self {
         ClientBuilder {
-            url,
-            partitions,
             layer: Identity::new(),
-            retry: RetryPolicy::new(),
-            head_timeout: Self::DEFAULT_HEAD_TIMEOUT,
-            idle_timeout: Client::<()>::DEFAULT_IDLE_TIMEOUT,
-            max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
-            #[cfg(feature = "hyper-client")]
-            pool_idle_timeout: Self::DEFAULT_POOL_IDLE_TIMEOUT,
+            settings: Settings {
+                url,
+                partitions,
+                retry: RetryPolicy::new(),
+                head_timeout: Self::DEFAULT_HEAD_TIMEOUT,
+                idle_timeout: Client::<()>::DEFAULT_IDLE_TIMEOUT,
+                max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
+                #[cfg(feature = "hyper-client")]
+                pool_idle_timeout: Self::DEFAULT_POOL_IDLE_TIMEOUT,
+            },
         }
     }
 }
@@ -105,46 +113,46 @@ impl<L> ClientBuilder<L> {
     /// Sets how many attempts are made in all, the first one included
     /// (default 5; `1` disables retries).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.retry = self.retry.with_max_attempts(attempts);
+        self.settings.retry = self.settings.retry.with_max_attempts(attempts);
         self
     }
 
     /// Sets the backoff between attempts: about `base` before the first
     /// retry, doubling up to `max`, with jitter (defaults 100 ms and 5 s).
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.retry = self.retry.with_backoff(base, max);
+        self.settings.retry = self.settings.retry.with_backoff(base, max);
         self
     }
 
     /// Sets the longest `Retry-After` waited for (default 60 s); with a
     /// longer one, the status error is returned at once.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.retry = self.retry.with_max_retry_after(max);
+        self.settings.retry = self.settings.retry.with_max_retry_after(max);
         self
     }
 
     /// Replaces the retry policy as a whole.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
+        self.settings.retry = policy;
         self
     }
 
     /// Sets the timeout on each attempt's response head (default 30 s).
     pub fn head_timeout(mut self, timeout: Duration) -> Self {
-        self.head_timeout = timeout;
+        self.settings.head_timeout = timeout;
         self
     }
 
     /// Sets how long a body may send nothing before the page fails
     /// (default 30 s).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        self.settings.idle_timeout = timeout;
         self
     }
 
     /// Sets the longest line accepted, in bytes (default 4 MiB).
     pub fn max_line_length(mut self, max: usize) -> Self {
-        self.max_line_length = max;
+        self.settings.max_line_length = max;
         self
     }
 
@@ -152,7 +160,7 @@ impl<L> ClientBuilder<L> {
     /// kept (default [`DEFAULT_POOL_IDLE_TIMEOUT`](Self::DEFAULT_POOL_IDLE_TIMEOUT)).
     #[cfg(feature = "hyper-client")]
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.pool_idle_timeout = timeout;
+        self.settings.pool_idle_timeout = timeout;
         self
     }
 
@@ -163,15 +171,8 @@ impl<L> ClientBuilder<L> {
     /// `tower::ServiceBuilder`.
     pub fn layer<T>(self, layer: T) -> ClientBuilder<Stack<T, L>> {
         ClientBuilder {
-            url: self.url,
-            partitions: self.partitions,
             layer: Stack::new(layer, self.layer),
-            retry: self.retry,
-            head_timeout: self.head_timeout,
-            idle_timeout: self.idle_timeout,
-            max_line_length: self.max_line_length,
-            #[cfg(feature = "hyper-client")]
-            pool_idle_timeout: self.pool_idle_timeout,
+            settings: self.settings,
         }
     }
 
@@ -183,12 +184,12 @@ impl<L> ClientBuilder<L> {
         L: Layer<S>,
     {
         let service = Retry::new(
-            self.retry,
-            Timeout::new(self.layer.layer(transport), self.head_timeout),
+            self.settings.retry,
+            Timeout::new(self.layer.layer(transport), self.settings.head_timeout),
         );
-        Client::new(service, self.url, self.partitions)
-            .with_idle_timeout(self.idle_timeout)
-            .with_max_line_length(self.max_line_length)
+        Client::new(service, self.settings.url, self.settings.partitions)
+            .with_idle_timeout(self.settings.idle_timeout)
+            .with_max_line_length(self.settings.max_line_length)
     }
 
     /// Builds the client over hyper-util's pooled HTTP/1 client (HTTP and,
@@ -199,7 +200,7 @@ impl<L> ClientBuilder<L> {
     where
         L: Layer<HttpTransport>,
     {
-        let transport = http_transport(self.pool_idle_timeout);
+        let transport = http_transport(self.settings.pool_idle_timeout);
         self.build_with(transport)
     }
 }
@@ -230,13 +231,9 @@ fn http_transport(pool_idle_timeout: Duration) -> HttpTransport {
 
 impl<L> fmt::Debug for ClientBuilder<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The layers are the user's types, often without `Debug`.
         f.debug_struct("ClientBuilder")
-            .field("url", &self.url)
-            .field("partitions", &self.partitions)
-            .field("retry", &self.retry)
-            .field("head_timeout", &self.head_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_line_length", &self.max_line_length)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
