@@ -226,6 +226,10 @@ fn http_transport(pool_idle_timeout: Duration) -> HttpTransport {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool_idle_timeout)
         .pool_timer(TokioTimer::new())
+        // hyper grows each connection's read buffer up to about 400 KiB;
+        // 128 KiB reads a page just as fast and keeps many consumers in a
+        // process small.
+        .http1_max_buf_size(128 * 1024)
         .build(connector)
 }
 
