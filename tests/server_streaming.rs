@@ -185,6 +185,30 @@ async fn a_million_events_stream_through_a_bounded_buffer() {
 }
 
 #[tokio::test]
+async fn the_first_line_is_a_frame_of_its_own() {
+    // Even from a reader that always has more ready, the first line leaves
+    // alone and the body pauses once, so the connection writes it at once
+    // instead of gathering a large first write.
+    let produced = Arc::new(AtomicU64::new(0));
+    let service = FeedService::new(lazy_reader(Arc::clone(&produced)), 1);
+    let response = service
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, line(0).as_bytes());
+    let paused = futures_util::poll!(body.frame());
+    assert!(paused.is_pending(), "the body pauses after the first line");
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(second.starts_with(line(1).as_bytes()));
+    assert!(
+        second.len() > 1024,
+        "later lines are packed into large frames"
+    );
+}
+
+#[tokio::test]
 async fn first_bytes_arrive_over_http_before_the_page_is_produced() {
     let produced = Arc::new(AtomicU64::new(0));
     let service = FeedService::new(lazy_reader(Arc::clone(&produced)), 1);

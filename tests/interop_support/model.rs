@@ -146,6 +146,19 @@ impl FeedModel {
         self.partitions.len() as u32
     }
 
+    /// What a page read from `_last` in every partition holds when nothing
+    /// was appended since: one checkpoint at each partition's end.
+    pub(crate) fn checkpoints_at_the_end(&self) -> Vec<Received> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(partition, events)| Received::Checkpoint {
+                partition: partition as u32,
+                cursor: self.cursor_of(events.len() - 1),
+            })
+            .collect()
+    }
+
     /// How many events, in all partitions, carry headers.
     pub(crate) fn events_with_headers(&self) -> usize {
         self.partitions
