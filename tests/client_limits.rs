@@ -11,25 +11,23 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{Empty, StreamBody};
-use tower::util::ServiceFn;
 use zeroeventhub::BoxError;
-use zeroeventhub::client::{Client, ClientBuilder, ClientStack, Error};
+use zeroeventhub::client::{Client, ClientBuilder, Error, HttpService};
 use zeroeventhub::protocol::{Cursor, FeedRequest};
 
 type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
-
-type Answer = std::future::Ready<Result<Response<Body>, BoxError>>;
 
 /// A client whose transport answers every request with the body `make`
 /// builds.
 fn client_of(
     builder: ClientBuilder,
     make: impl Fn() -> BoxStream<'static, Bytes> + Send + Sync + 'static,
-) -> Client<ClientStack<ServiceFn<impl Fn(Request<Empty<Bytes>>) -> Answer + Clone>>> {
+) -> Client<impl HttpService + Clone> {
     let make = Arc::new(make);
-    builder.build_with(tower::service_fn(move |_request| {
+    builder.build_with(tower::service_fn(move |_request: Request<Empty<Bytes>>| {
         let frames = make().map(|bytes| Ok(Frame::data(bytes)));
-        std::future::ready(Ok(Response::new(StreamBody::new(frames.boxed()))))
+        let body: Body = StreamBody::new(frames.boxed());
+        std::future::ready(Ok::<_, BoxError>(Response::new(body)))
     }))
 }
 

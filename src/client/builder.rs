@@ -7,9 +7,9 @@ use tower::retry::Retry;
 use tower::timeout::Timeout;
 use tower_layer::Layer;
 
-use super::{Client, RetryPolicy};
 #[cfg(feature = "hyper-client")]
 use super::transport::{HttpTransport, http_transport};
+use super::{Client, RetryPolicy};
 use crate::protocol::{LineDecoder, RawJson};
 
 /// The stack the builder puts around a transport `S` (with the user's

@@ -10,8 +10,6 @@ use http::Uri;
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 
-use crate::BoxError;
-
 /// The default transport: hyper-util's pooled client, speaking HTTP/1.1 or,
 /// when asked, HTTP/2; able to speak HTTPS when the `rustls` feature is on.
 pub type HttpTransport =
@@ -83,18 +81,18 @@ impl fmt::Debug for HttpVersionCheck {
 
 impl tower_service::Service<Uri> for HttpVersionCheck {
     type Response = Checked<<Inner as tower_service::Service<Uri>>::Response>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Error = <Inner as tower_service::Service<Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = tower_service::Service::call(&mut self.inner, uri);
         let check = self.check;
         Box::pin(async move {
-            let io = connecting.await.map_err(Into::<BoxError>::into)?;
+            let io = connecting.await?;
             let check = check && !io.connected().is_negotiated_h2();
             Ok(Checked { io, check })
         })
@@ -213,7 +211,9 @@ mod tests {
     fn an_http2_settings_frame_is_told_from_an_http1_answer() {
         // An empty SETTINGS frame, then one with one setting.
         assert!(is_http2_preface(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
-        assert!(is_http2_preface(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]));
+        assert!(is_http2_preface(&[
+            0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100
+        ]));
         assert!(!is_http2_preface(b"HTTP/1.1 200 OK\r\n"));
         assert!(!is_http2_preface(&[0, 0, 0, 4, 0, 0, 0, 0]));
         // A SETTINGS frame on another stream is not a preface.
