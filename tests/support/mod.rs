@@ -4,5 +4,6 @@
 // Each test binary compiles this module and uses only its own part of it.
 #![allow(dead_code)]
 
+pub(crate) mod auth;
 pub(crate) mod readers;
 pub(crate) mod transport;
