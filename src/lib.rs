@@ -94,5 +94,10 @@ pub mod workload;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// The `http` crate, whose types the client's requests and responses are
+/// made of: a layer of one's own needs no dependency on it.
+#[cfg(feature = "client")]
+pub use http;
+
 /// A boxed error, as tower and hyper use them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

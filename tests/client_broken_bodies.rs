@@ -186,3 +186,58 @@ async fn a_status_error_reads_only_the_start_of_its_body() {
     assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
     assert_eq!(error.body_excerpt().unwrap().len(), 1024);
 }
+
+#[tokio::test]
+async fn a_close_delimited_body_cut_mid_line_is_truncated() {
+    // No length, no chunks: the body ends when the connection closes.
+    let url = scripted(
+        concat!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\r\n",
+            "{\"partition\":0,\"data\":1}\n{\"partition\":0,\"cursor\":\"c1\"}\n{\"partition\":0,\"da"
+        ),
+        End::Close,
+    )
+    .await;
+    let (items, error) = fetch(url).await;
+    assert_eq!(items.len(), 2);
+    let error = error.expect("an error");
+    assert!(error.is_truncated() && !error.is_decode(), "{error:?}");
+    assert!(error.is_retryable());
+    assert!(
+        error.to_string().contains("closed in the middle of line 3"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_close_delimited_body_whose_last_line_has_no_newline_is_whole() {
+    let url = scripted(
+        concat!(
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "{\"partition\":0,\"data\":1}\n{\"partition\":0,\"cursor\":\"c1\"}"
+        ),
+        End::Close,
+    )
+    .await;
+    let (items, error) = fetch(url).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(items.len(), 2);
+}
+
+#[tokio::test]
+async fn a_length_delimited_body_with_a_broken_last_line_is_a_decode_error() {
+    // The length says the body is whole: the feed sent a broken line.
+    let url = scripted(
+        concat!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 43\r\n\r\n",
+            "{\"partition\":0,\"data\":1}\n{\"partition\":0,\"da"
+        ),
+        End::Hang,
+    )
+    .await;
+    let (items, error) = fetch(url).await;
+    assert_eq!(items.len(), 1);
+    let error = error.expect("an error");
+    assert!(error.is_decode() && !error.is_truncated(), "{error:?}");
+    assert!(!error.is_retryable());
+}

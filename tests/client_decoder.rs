@@ -379,3 +379,59 @@ fn a_buffer_emptied_between_calls_is_no_problem() {
     buf.extend_from_slice(b"{\"partition\":0,\"data\":2}\n");
     assert_eq!(decoder.decode(&mut buf).unwrap().unwrap(), event(0, "2"));
 }
+
+#[test]
+fn a_header_name_given_twice_is_an_error_that_names_it() {
+    let error = error(
+        "{\"partition\":0,\"data\":1}\n\
+         {\"partition\":0,\"headers\":{\"trace\":\"a\",\"kind\":\"x\",\"trace\":\"b\"},\"data\":1}\n",
+    );
+    assert_eq!(
+        (error.line(), error.kind()),
+        (2, DecodeErrorKind::DuplicateHeader)
+    );
+    assert_eq!(error.header(), Some("trace"));
+    assert_eq!(error.to_string(), "line 2: header \"trace\" appears twice");
+    // Distinct names are fine, and a non-string value is still the
+    // headers' own error.
+    assert_eq!(
+        decode("{\"partition\":0,\"headers\":{\"a\":\"1\",\"b\":\"2\"},\"data\":1}").unwrap(),
+        vec![FeedItem::Event(
+            Event::new(0, RawJson::from_bytes("1").unwrap())
+                .with_header("a", "1")
+                .with_header("b", "2")
+        )]
+    );
+    let invalid = self::error("{\"partition\":0,\"headers\":{\"a\":\"1\",\"a\":2},\"data\":1}");
+    assert_eq!(invalid.kind(), DecodeErrorKind::InvalidHeaders);
+}
+
+#[test]
+fn refused_typed_data_keeps_the_event_and_the_decoder_goes_on() {
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Order {
+        id: u64,
+    }
+    let mut decoder: LineDecoder<Order> = LineDecoder::new([0, 3]);
+    let mut buf = BytesMut::from(
+        &b"{\"partition\":3,\"headers\":{\"h\":\"v\"},\"data\":{\"id\":\"seven\"}}\n\
+           {\"partition\":3,\"data\":{\"id\":8}}\n"[..],
+    );
+    let error = decoder.decode(&mut buf).unwrap().unwrap_err();
+    assert_eq!(error.kind(), DecodeErrorKind::InvalidData);
+    let event = error.event().expect("the refused event");
+    assert_eq!(event.partition, 3);
+    assert_eq!(event.data.as_str(), r#"{"id":"seven"}"#);
+    assert_eq!(event.headers.get("h").map(String::as_str), Some("v"));
+    let message = error.to_string();
+    assert!(
+        message.starts_with("line 1: the data of an event of partition 3")
+            && message.contains("invalid type: string \"seven\""),
+        "{message}"
+    );
+    let Some(Ok(FeedItem::Event(next))) = decoder.decode(&mut buf) else {
+        panic!("the next line decodes");
+    };
+    assert_eq!(next.data, Order { id: 8 });
+    assert_eq!(error.into_event().unwrap().partition, 3);
+}

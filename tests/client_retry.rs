@@ -15,7 +15,7 @@ use http_body::Frame;
 use http_body_util::{Empty, StreamBody};
 use tokio::time::Instant;
 use zeroeventhub::BoxError;
-use zeroeventhub::client::{Client, Error, HttpService};
+use zeroeventhub::client::{Client, Error, HttpService, RetryPolicy};
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest};
 
 type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
@@ -187,7 +187,8 @@ async fn a_retry_after_beyond_the_maximum_is_returned_not_waited() {
     );
     assert_eq!(
         error.to_string(),
-        "the feed answered 503 Service Unavailable (retry after 3600s): down for maintenance; retry later"
+        "feed http://feed.test/events: the feed answered 503 Service Unavailable \
+         (retry after 3600s): down for maintenance; retry later"
     );
 }
 
@@ -320,4 +321,78 @@ async fn user_layers_run_on_every_attempt() {
         .build_with(script.transport());
     read_page(&client).await.unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
+
+fn retry_after(status: u16, seconds: &'static str) -> Step {
+    Step::Answer {
+        status,
+        headers: vec![("retry-after", seconds)],
+        chunks: Vec::new(),
+        then_hang: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_backoff_is_clamped_not_a_panic() {
+    let policy = RetryPolicy::new().with_backoff(Duration::MAX, Duration::MAX);
+    let script = Script::new([answer(503, &[]), ok_page()]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .retry_policy(policy)
+        .page_timeout(Duration::MAX)
+        .build_with(script.transport());
+    let started = Instant::now();
+    read_page(&client).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= RetryPolicy::CEILING / 2 && waited <= RetryPolicy::CEILING,
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_max_retry_after_is_clamped_to_the_ceiling() {
+    let policy = RetryPolicy::new().with_max_retry_after(Duration::MAX);
+    assert_eq!(policy.max_retry_after(), RetryPolicy::CEILING);
+    // A day is past the ceiling: returned at once, not waited for.
+    let script = Script::new([retry_after(503, "86400"), ok_page()]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .max_retry_after(Duration::MAX)
+        .build_with(script.transport());
+    let started = Instant::now();
+    let error = read_page(&client).await.unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(86400)));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_max_retry_after_returns_what_the_default_would_wait_for() {
+    let policy = RetryPolicy::new().with_max_retry_after(Duration::from_secs(5));
+    assert_eq!(policy.max_retry_after(), Duration::from_secs(5));
+    let script = Script::new([retry_after(429, "10"), ok_page()]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .retry_policy(policy)
+        .build_with(script.transport());
+    let error = read_page(&client).await.unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_of_the_policy_is_what_is_made() {
+    for attempts in [1, 2, 3] {
+        let policy = RetryPolicy::new().with_max_attempts(attempts);
+        assert_eq!(policy.max_attempts(), attempts);
+        let script = Script::new((0..5).map(|_| answer(503, &[])));
+        let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+            .retry_policy(policy)
+            .build_with(script.transport());
+        assert!(read_page(&client).await.unwrap_err().is_status());
+        assert_eq!(script.calls(), attempts as usize);
+    }
+    assert_eq!(RetryPolicy::new().with_max_attempts(0).max_attempts(), 1);
+    assert_eq!(
+        RetryPolicy::new().max_attempts(),
+        RetryPolicy::DEFAULT_MAX_ATTEMPTS
+    );
 }

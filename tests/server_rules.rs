@@ -206,7 +206,13 @@ fn bad_encoding(position: usize) -> String {
     format!("query string is not valid percent-encoded UTF-8 at byte {position}")
 }
 
-const MISMATCH: &str = "handshake error: partition count mismatch";
+/// Go's text, then both counts.
+fn mismatch(requested: u32) -> String {
+    format!(
+        "handshake error: partition count mismatch (the feed has {PARTITIONS} partitions, \
+         the request says n={requested})"
+    )
+}
 const N_MISSING: &str = "handshake error: partition count missing";
 const CURSORS_MISSING: &str = "cursors are missing";
 
@@ -343,11 +349,11 @@ rules! {
     n_just_above_u32 => get("n=4294967296&cursor0=_first").rejected(&invalid_n("4294967296"));
     n_long_value_is_shortened_in_the_message => get(format!("n={}&cursor0=_first", "x".repeat(300)))
         .rejected(&invalid_n(&format!("{}...", "x".repeat(64))));
-    n_below_the_feed => get("n=1&cursor0=_first").rejected(MISMATCH);
-    n_above_the_feed => get("n=3&cursor0=_first").rejected(MISMATCH);
-    n_zero => get("n=0&cursor0=_first").rejected(MISMATCH);
-    n_u32_max => get("n=4294967295&cursor0=_first").rejected(MISMATCH);
-    n_mismatch_comes_before_cursor_ranges => get("n=1&cursor1=_first").rejected(MISMATCH);
+    n_below_the_feed => get("n=1&cursor0=_first").rejected(&mismatch(1));
+    n_above_the_feed => get("n=3&cursor0=_first").rejected(&mismatch(3));
+    n_zero => get("n=0&cursor0=_first").rejected(&mismatch(0));
+    n_u32_max => get("n=4294967295&cursor0=_first").rejected(&mismatch(4294967295));
+    n_mismatch_comes_before_cursor_ranges => get("n=1&cursor1=_first").rejected(&mismatch(1));
     n_percent_encoded => plain("%6E=%32&cursor0=_first");
 
     // A parameter given twice is ambiguous.

@@ -116,14 +116,16 @@ impl<L> ClientBuilder<L> {
     }
 
     /// Sets the backoff between attempts: about `base` before the first
-    /// retry, doubling up to `max`, with jitter (defaults 100 ms and 5 s).
+    /// retry, doubling up to `max`, with jitter (defaults 100 ms and 5 s;
+    /// both at most [`RetryPolicy::CEILING`]).
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.settings.retry = self.settings.retry.with_backoff(base, max);
         self
     }
 
-    /// Sets the longest `Retry-After` waited for (default 60 s); with a
-    /// longer one, the status error is returned at once.
+    /// Sets the longest `Retry-After` waited for (default 60 s, at most
+    /// [`RetryPolicy::CEILING`]); with a longer one, the status error is
+    /// returned at once.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.settings.retry = self.settings.retry.with_max_retry_after(max);
         self

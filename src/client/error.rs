@@ -1,12 +1,13 @@
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::BoxError;
-use crate::protocol::DecodeError;
 use crate::protocol::error::excerpt as shortened;
+use crate::protocol::{DecodeError, DecodeErrorKind, Event, RawJson};
 
 /// Why fetching a page failed.
 ///
@@ -25,7 +26,12 @@ use crate::protocol::error::excerpt as shortened;
 /// | [`is_status`](Self::is_status) | the feed answered with a non-2xx status | see [`status`](Self::status) |
 /// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
 /// | [`is_decode`](Self::is_decode) | a line breaks the protocol | the feed is broken: report it |
+/// | [`is_invalid_data`](Self::is_invalid_data) | an event does not fit the consumer's type | set it aside, or read raw |
 /// | [`is_receiver`](Self::is_receiver) | the [`EventReceiver`](super::EventReceiver) failed | see its error |
+///
+/// [`is_retryable`](Self::is_retryable) sums the table up for a consumer
+/// loop. `Display` names the feed (scheme, host and path: never the query
+/// or credentials) and the chain of causes.
 ///
 /// An error after some lines were handed out never makes those lines
 /// wrong: the consumer keeps what it committed and resumes from its last
@@ -37,6 +43,8 @@ pub struct Error {
 struct Inner {
     kind: Kind,
     source: Option<BoxError>,
+    /// The feed's URL without its query and credentials.
+    feed: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -57,6 +65,10 @@ enum Kind {
     Decode {
         line: u64,
     },
+    InvalidData {
+        line: u64,
+        partition: u32,
+    },
     Encoded(String),
     Truncated,
     Receiver,
@@ -65,8 +77,18 @@ enum Kind {
 impl Error {
     fn new(kind: Kind, source: Option<BoxError>) -> Self {
         Error {
-            inner: Box::new(Inner { kind, source }),
+            inner: Box::new(Inner {
+                kind,
+                source,
+                feed: None,
+            }),
         }
+    }
+
+    /// Names the feed the error is about, in `Display`.
+    pub(crate) fn at(mut self, feed: &Arc<str>) -> Self {
+        self.inner.feed = Some(Arc::clone(feed));
+        self
     }
 
     pub(crate) fn invalid_request(error: impl Into<BoxError>) -> Self {
@@ -115,7 +137,14 @@ impl Error {
     }
 
     pub(crate) fn decode(error: DecodeError) -> Self {
-        Self::new(Kind::Decode { line: error.line() }, Some(error.into()))
+        let kind = match error.event() {
+            Some(event) if error.kind() == DecodeErrorKind::InvalidData => Kind::InvalidData {
+                line: error.line(),
+                partition: event.partition,
+            },
+            _ => Kind::Decode { line: error.line() },
+        };
+        Self::new(kind, Some(error.into()))
     }
 
     pub(crate) fn encoded(content_encoding: String) -> Self {
@@ -218,11 +247,67 @@ impl Error {
         matches!(self.inner.kind, Kind::Decode { .. } | Kind::Encoded(_))
     }
 
-    /// The number of the offending line (from 1), for a decode error.
+    /// The number of the offending line (from 1), for a decode or an
+    /// invalid data error.
     pub fn line(&self) -> Option<u64> {
         match self.inner.kind {
-            Kind::Decode { line } => Some(line),
+            Kind::Decode { line } | Kind::InvalidData { line, .. } => Some(line),
             _ => None,
+        }
+    }
+
+    /// Whether an event's data does not deserialize into the consumer's
+    /// type (`fetch_as::<T>`, `fetch_page_as::<T>`): a poison event, not a
+    /// broken feed. [`partition`](Self::partition) and [`line`](Self::line)
+    /// say where, `Display` has serde's message, and
+    /// [`invalid_event`](Self::invalid_event) holds the event as it came.
+    ///
+    /// The line keeps the protocol, so a [`FeedStream`](super::FeedStream)
+    /// goes on after it: a consumer can set the event aside and read on.
+    /// The rest of the page can also be read raw
+    /// ([`Client::fetch`](super::Client::fetch), data as `RawJson`).
+    pub fn is_invalid_data(&self) -> bool {
+        matches!(self.inner.kind, Kind::InvalidData { .. })
+    }
+
+    /// The partition of the event, for an invalid data error.
+    pub fn partition(&self) -> Option<u32> {
+        match self.inner.kind {
+            Kind::InvalidData { partition, .. } => Some(partition),
+            _ => None,
+        }
+    }
+
+    /// The event whose data the consumer's type refused, as it came, for an
+    /// invalid data error.
+    pub fn invalid_event(&self) -> Option<&Event<RawJson>> {
+        self.source()?.downcast_ref::<DecodeError>()?.event()
+    }
+
+    /// Whether trying again later, from the stored cursors, may succeed
+    /// with nothing changed: connection failures, timeouts, a body that
+    /// broke off, and the statuses `408`, `429`, `500`, `502`, `503` and
+    /// `504`. What a consumer loop retries (after a pause); anything else
+    /// needs a person: the request, the client's settings, the consumer's
+    /// type or the feed is wrong.
+    pub fn is_retryable(&self) -> bool {
+        match &self.inner.kind {
+            Kind::Connect
+            | Kind::HeadTimeout
+            | Kind::IdleTimeout(_)
+            | Kind::PageTimeout(_)
+            | Kind::Truncated => true,
+            Kind::Status { status, .. } => {
+                matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            Kind::InvalidRequest
+            | Kind::Http2Only
+            | Kind::Request
+            | Kind::BufferLimit(_)
+            | Kind::Decode { .. }
+            | Kind::InvalidData { .. }
+            | Kind::Encoded(_)
+            | Kind::Receiver => false,
         }
     }
 
@@ -240,14 +325,25 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// `feed URL: what happened and what to do; cause: the chain of causes`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(feed) = &self.inner.feed {
+            write!(f, "feed {feed}: ")?;
+        }
+        self.describe(f)?;
+        if let Some(source) = self.source() {
+            write!(f, "; cause: {}", super::retry::Chain(source))?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// What happened and what to do, without the feed and the causes.
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.kind {
             Kind::InvalidRequest => {
-                f.write_str("refused to send an invalid feed request")?;
-                if let Some(reason) = &self.inner.source {
-                    write!(f, " ({reason})")?;
-                }
-                f.write_str("; fix the calling code")
+                f.write_str("refused to send an invalid feed request; fix the calling code")
             }
             Kind::Connect => f.write_str(
                 "the connection to the feed failed before it answered; \
@@ -303,6 +399,11 @@ impl fmt::Display for Error {
             }
             Kind::Decode { .. } => f.write_str(
                 "the feed sent a line that breaks the protocol; report it to the feed's owner",
+            ),
+            Kind::InvalidData { line, partition } => write!(
+                f,
+                "the event on line {line} (partition {partition}) does not fit the consumer's \
+                 type; the feed kept the protocol: set the event aside or read it raw"
             ),
             Kind::Encoded(encoding) => write!(
                 f,

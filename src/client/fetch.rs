@@ -2,6 +2,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Buf;
@@ -12,12 +13,15 @@ use http_body::Body;
 use http_body_util::Empty;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::retry::retry_after;
 use super::stream::Limits;
 use super::{ClientBuilder, Error, EventReceiver, FeedStream, HttpService, Page};
 use crate::protocol::query::decode;
-use crate::protocol::{FeedItem, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError};
+use crate::protocol::{
+    Cursor, FeedItem, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError,
+};
 
 /// A consumer of one feed, over any HTTP service.
 ///
@@ -34,6 +38,8 @@ pub struct Client<S> {
     url: Uri,
     /// The URL's own query parameters, without the protocol's.
     kept_query: String,
+    /// The URL as errors and traces name it: no query, no credentials.
+    feed: Arc<str>,
     partitions: u32,
     idle_timeout: Duration,
     page_timeout: Duration,
@@ -74,6 +80,7 @@ impl<S> Client<S> {
         let kept_query = url.query().map(kept_parameters).unwrap_or_default();
         Client {
             service,
+            feed: shown(&url).into(),
             url,
             kept_query,
             partitions,
@@ -140,6 +147,27 @@ impl<S> Client<S> {
     /// The feed's partition count, as configured.
     pub fn partition_count(&self) -> u32 {
         self.partitions
+    }
+
+    /// A request for the given partitions of this client's feed, with the
+    /// client's partition count: the count is said once, to the builder.
+    ///
+    /// ```
+    /// use zeroeventhub::client::Client;
+    /// use zeroeventhub::protocol::Cursor;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = Client::new((), "http://feed.example/v1".parse()?, 3);
+    /// let request = client.request([(0, Cursor::first()), (2, Cursor::first())])?;
+    /// assert_eq!(request.partition_count(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn request(
+        &self,
+        cursors: impl IntoIterator<Item = (u32, Cursor)>,
+    ) -> Result<FeedRequest, RequestError> {
+        FeedRequest::new(self.partitions, cursors)
     }
 
     /// The service requests go through.
@@ -212,6 +240,37 @@ impl<S: HttpService + Clone> Client<S> {
         &self,
         request: &FeedRequest,
     ) -> Result<FeedStream<S::ResponseBody, D>, Error> {
+        let span = tracing::debug_span!(
+            "feed_fetch",
+            url = %self.feed,
+            partitions = request.cursors().len(),
+            attempt = tracing::field::Empty,
+        );
+        let deadline = self.deadline_for(request);
+        self.send(request, deadline)
+            .instrument(span.clone())
+            .await
+            .map(|(head, body)| {
+                let decoder =
+                    LineDecoder::for_request(request).with_max_line_length(self.max_line_length);
+                let limits = Limits {
+                    idle_timeout: self.idle_timeout,
+                    deadline,
+                    page_timeout: self.page_timeout,
+                    max_buffered_bytes: self.max_buffered_bytes,
+                    close_delimited: is_close_delimited(&head),
+                };
+                FeedStream::new(body, decoder, limits, Arc::clone(&self.feed), span)
+            })
+            .map_err(|error| error.at(&self.feed))
+    }
+
+    /// Sends `request` and waits for a 2xx answer's head, until `deadline`.
+    async fn send(
+        &self,
+        request: &FeedRequest,
+        deadline: Instant,
+    ) -> Result<(http::response::Parts, S::ResponseBody), Error> {
         self.check(request)?;
         let mut http_request = Request::new(Empty::new());
         *http_request.uri_mut() = self.url_for(request)?;
@@ -220,7 +279,6 @@ impl<S: HttpService + Clone> Client<S> {
             header::HeaderValue::from_static("application/x-ndjson"),
         );
 
-        let deadline = self.deadline_for(request);
         let mut service = self.service.clone();
         let response = tokio::time::timeout_at(deadline, async {
             poll_fn(|cx| service.poll_ready(cx))
@@ -251,20 +309,11 @@ impl<S: HttpService + Clone> Client<S> {
                 return Err(Error::encoded(encoding));
             }
         }
-        let decoder = LineDecoder::for_request(request).with_max_line_length(self.max_line_length);
-        Ok(FeedStream::new(
-            body,
-            decoder,
-            Limits {
-                idle_timeout: self.idle_timeout,
-                deadline,
-                page_timeout: self.page_timeout,
-                max_buffered_bytes: self.max_buffered_bytes,
-            },
-        ))
+        Ok((head, body))
     }
 
-    /// When the page that answers `request` must have ended.
+    /// When the page that answers `request` must have ended: the one
+    /// place where a request's own time (a long-polling wait) is added.
     fn deadline_for(&self, _request: &FeedRequest) -> Instant {
         Instant::now() + self.page_timeout
     }
@@ -310,7 +359,7 @@ impl<S: HttpService + Clone> Client<S> {
                 FeedItem::Event(event) => receiver.event(event).await,
                 FeedItem::Checkpoint(checkpoint) => receiver.checkpoint(checkpoint).await,
             };
-            delivered.map_err(|error| Error::receiver(error.into()))?;
+            delivered.map_err(|error| Error::receiver(error.into()).at(&self.feed))?;
         }
         Ok(())
     }
@@ -327,6 +376,33 @@ impl<S> fmt::Debug for Client<S> {
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .finish_non_exhaustive()
     }
+}
+
+/// `url` as errors and traces show it: scheme, host, port and path, never
+/// the query (tokens) or credentials.
+fn shown(url: &Uri) -> String {
+    let mut shown = String::new();
+    if let Some(scheme) = url.scheme_str() {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    if let Some(authority) = url.authority() {
+        shown.push_str(authority.host());
+        if let Some(port) = authority.port() {
+            shown.push(':');
+            shown.push_str(port.as_str());
+        }
+    }
+    shown.push_str(url.path());
+    shown
+}
+
+/// Whether the body of `head` ends when the connection closes (HTTP/1
+/// with neither a length nor chunks): its end cannot be told from a cut.
+fn is_close_delimited(head: &http::response::Parts) -> bool {
+    head.version <= http::Version::HTTP_11
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && !head.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// The longest timeout taken as it is: beyond, timer arithmetic could

@@ -36,7 +36,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use zeroeventhub::client::Client;
-//! use zeroeventhub::protocol::{Cursor, Event, FeedRequest, RawJson};
+//! use zeroeventhub::protocol::{Cursor, Event, RawJson};
 //! use zeroeventhub::server::MemoryFeed;
 //!
 //! let feed = MemoryFeed::new(2);
@@ -53,12 +53,12 @@
 //! let mut stored_cursors = vec![(0, Cursor::first()), (1, Cursor::first())];
 //!
 //! loop {
-//!     let request = FeedRequest::new(2, stored_cursors.clone())?.with_page_size_hint(30);
+//!     let request = client.request(stored_cursors.clone())?.with_page_size_hint(30);
 //!     let page = client.fetch_page(&request).await?;
 //!     // One transaction: the covered events and the cursors that cover them.
 //!     stored_events.extend(page.events().iter().cloned());
 //!     stored_cursors = page.next_cursors().to_vec();
-//!     if !page.made_progress() {
+//!     if !page.has_new_events() {
 //!         break; // caught up; a long-running consumer sleeps and polls again
 //!     }
 //! }
@@ -114,7 +114,7 @@ pub use fetch::Client;
 pub use page::Page;
 pub use receiver::EventReceiver;
 pub use retry::RetryPolicy;
-pub use service::HttpService;
+pub use service::{HttpRequest, HttpService};
 pub use stream::FeedStream;
 #[cfg(feature = "hyper-client")]
 pub use transport::{Checked, HttpTransport, HttpVersionCheck};

@@ -43,7 +43,7 @@ use crate::protocol::{Checkpoint, Cursor, Event, FeedItem, FeedRequest, RawJson}
 ///     let page = client.fetch_page(&request).await?;
 ///     // BEGIN; insert page.events(); upsert page.next_cursors(); COMMIT;
 ///     stored.extend(page.events().iter().cloned());
-///     if !page.made_progress() {
+///     if !page.has_new_events() {
 ///         break; // caught up: a polling consumer sleeps here and goes on
 ///     }
 ///     request = page.next_request(&request);
@@ -135,11 +135,26 @@ impl<D> Page<D> {
         &self.next_cursors
     }
 
-    /// Whether some partition's cursor moved. A page that moved none brought
-    /// nothing new to commit: the consumer has caught up (or the feed is
-    /// slow to checkpoint), and a polling consumer waits before asking again.
+    /// Whether some partition's cursor moved: then
+    /// [`next_cursors`](Self::next_cursors) are worth storing, even with no
+    /// event to store beside them.
+    ///
+    /// Not a signal to ask again at once: the protocol lets a feed move a
+    /// cursor on a page without events (past rows its consumer may not
+    /// see), and a loop that asks again whenever this is true spins as
+    /// fast as such a feed answers. Pace the loop on
+    /// [`has_new_events`](Self::has_new_events) instead.
     pub fn made_progress(&self) -> bool {
         self.progressed
+    }
+
+    /// Whether the page brought events to commit (covered by a
+    /// checkpoint). This is what a polling loop paces on: when it is false
+    /// the consumer has caught up (or the feed is slow to checkpoint), and
+    /// the loop waits before asking again; when true, it asks again at
+    /// once.
+    pub fn has_new_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The request for the next page: `previous` with the cursor of each

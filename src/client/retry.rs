@@ -65,6 +65,11 @@ impl RetryPolicy {
     pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
     /// The default longest `Retry-After` honoured: 60 s.
     pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+    /// The ceiling of the backoff settings and of
+    /// [`max_retry_after`](Self::max_retry_after): 15 minutes. A longer
+    /// setting is taken as this, so that neither a setting nor a server's
+    /// `Retry-After` parks a consumer for longer.
+    pub const CEILING: Duration = Duration::from_secs(15 * 60);
 
     /// The policy with the defaults above.
     pub fn new() -> Self {
@@ -80,16 +85,18 @@ impl RetryPolicy {
 
     /// Sets the backoff: the `n`th retry waits about `base * 2^(n-1)`,
     /// at most `max`, with jitter taking it down to as little as half.
+    /// Both are taken as at most [`CEILING`](Self::CEILING).
     pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max.max(base);
+        self.backoff_base = base.min(Self::CEILING);
+        self.backoff_max = max.min(Self::CEILING).max(self.backoff_base);
         self
     }
 
-    /// Sets the longest `Retry-After` honoured; a longer one is not waited
-    /// for, and its status is returned instead.
+    /// Sets the longest `Retry-After` honoured, at most
+    /// [`CEILING`](Self::CEILING); a longer one is not waited for, and its
+    /// status is returned instead.
     pub fn with_max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
+        self.max_retry_after = max.min(Self::CEILING);
         self
     }
 
@@ -113,8 +120,9 @@ impl RetryPolicy {
         // "Equal jitter": half fixed, half random, so that clients that
         // failed together do not retry together, yet never hammer at once.
         let half = ceiling / 2;
-        let random = jitter(self.attempts);
-        half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
+        let half_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let random = jitter(self.attempts) % half_nanos.saturating_add(1);
+        half.saturating_add(Duration::from_nanos(random))
     }
 
     /// The delay the answer asks for, if it is retryable; `None` when it
@@ -139,15 +147,35 @@ impl<B> Policy<Request<Empty<Bytes>>, Response<B>, BoxError> for RetryPolicy {
         _request: &mut Request<Empty<Bytes>>,
         result: &mut Result<Response<B>, BoxError>,
     ) -> Option<Self::Future> {
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         if self.attempts >= self.max_attempts {
             return None;
         }
         let delay = match result {
-            Ok(response) => self.delay_for(response.status(), response.headers())?,
-            Err(error) if is_connection_failure(&**error) => self.backoff(),
+            Ok(response) => {
+                let delay = self.delay_for(response.status(), response.headers())?;
+                tracing::info!(
+                    attempt = self.attempts,
+                    status = response.status().as_u16(),
+                    ?delay,
+                    "the feed answered with a retryable status; retrying"
+                );
+                delay
+            }
+            Err(error) if is_connection_failure(&**error) => {
+                let delay = self.backoff();
+                tracing::info!(
+                    attempt = self.attempts,
+                    cause = %Chain(&**error),
+                    ?delay,
+                    "the connection to the feed failed; retrying"
+                );
+                delay
+            }
             Err(_) => return None,
         };
+        // The fetch's span, which has the field.
+        tracing::Span::current().record("attempt", self.attempts + 1);
         Some(tokio::time::sleep(delay))
     }
 
@@ -186,6 +214,27 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         date.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// An error and its causes, `: `-separated, for a message or a log line.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = String::new();
+        for cause in causes(self.0) {
+            let text = cause.to_string();
+            // Wrappers often repeat their cause's message.
+            if text != previous && !text.is_empty() {
+                if !previous.is_empty() {
+                    f.write_str(": ")?;
+                }
+                f.write_str(&text)?;
+                previous = text;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `error` and its chain of causes.

@@ -8,6 +8,25 @@ use http_body_util::Empty;
 
 use crate::BoxError;
 
+/// The HTTP request the client sends through its transport: a GET with an
+/// empty body. Named here so that a layer of one's own
+/// ([`ClientBuilder::layer`](super::ClientBuilder::layer)) can be written
+/// against it without depending on `http`, `bytes` and `http-body-util`
+/// (the crate re-exports [`http`](crate::http) for headers and the like).
+///
+/// ```
+/// use zeroeventhub::client::HttpRequest;
+/// use zeroeventhub::http::HeaderValue;
+///
+/// fn tag(mut request: HttpRequest) -> HttpRequest {
+///     request.headers_mut().insert("x-consumer", HeaderValue::from_static("billing"));
+///     request
+/// }
+/// let layer = tower::util::MapRequestLayer::new(tag);
+/// # let _ = layer;
+/// ```
+pub type HttpRequest = Request<Empty<Bytes>>;
+
 /// An HTTP client the feed client can send its requests through: any
 /// `tower::Service<http::Request<Empty<Bytes>>>` that answers with an
 /// `http::Response` of any body, whose errors box.

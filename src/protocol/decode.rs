@@ -1,4 +1,5 @@
 use std::any::{Any, TypeId};
+use std::collections::btree_map::Entry;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -41,7 +42,10 @@ use super::{Checkpoint, Cursor, Event, FeedItem, FeedRequest, Headers, InvalidCu
 ///
 /// After an error the decoder's state is unspecified: a page with an
 /// invalid line is unusable, and the consumer resumes from its last stored
-/// cursors.
+/// cursors. One error is not the feed's: event data that does not
+/// deserialize into `D` ([`DecodeErrorKind::InvalidData`]), whose line is
+/// taken and the decoding goes on with the next. A header name given twice
+/// in an event is an error, as a protocol key given twice is.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -177,11 +181,7 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
             Err(self.too_long(self.lines))
         } else {
             self.parse(&buf[..content])
-                .map_err(|(kind, source)| DecodeError {
-                    line: self.lines,
-                    kind,
-                    source,
-                })
+                .map_err(|(kind, detail)| DecodeError::with_detail(self.lines, kind, detail))
         };
         let item = match parsed {
             Ok(Some(Line::Raw {
@@ -309,11 +309,11 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
         if line[first] != b'{' {
             return Err(match serde_json::from_str::<IgnoredAny>(text) {
                 Ok(_) => (DecodeErrorKind::NotAnObject, None),
-                Err(error) => (DecodeErrorKind::InvalidJson, Some(error)),
+                Err(error) => (DecodeErrorKind::InvalidJson, Some(Detail::Json(error))),
             });
         }
         let fields: LineFields<'_> = serde_json::from_str(text)
-            .map_err(|error| (DecodeErrorKind::InvalidJson, Some(error)))?;
+            .map_err(|error| (DecodeErrorKind::InvalidJson, Some(Detail::Json(error))))?;
         if let Some(key) = fields.duplicate {
             return Err((DecodeErrorKind::DuplicateKey { key }, None));
         }
@@ -343,6 +343,9 @@ impl<D: DeserializeOwned + 'static> LineDecoder<D> {
                     HeadersField::Valid(headers) => headers,
                     HeadersField::Invalid => {
                         return Err((DecodeErrorKind::InvalidHeaders, None));
+                    }
+                    HeadersField::Duplicate(name) => {
+                        return Err((DecodeErrorKind::DuplicateHeader, Some(Detail::Header(name))));
                     }
                 };
                 event(
@@ -388,7 +391,17 @@ impl<D> fmt::Debug for LineDecoder<D> {
     }
 }
 
-type Failure = (DecodeErrorKind, Option<serde_json::Error>);
+type Failure = (DecodeErrorKind, Option<Detail>);
+
+/// What a failure carries beside its kind.
+#[derive(Debug)]
+enum Detail {
+    Json(serde_json::Error),
+    /// The name of a header that appears twice.
+    Header(String),
+    /// Event data the requested type refused, and the event as it came.
+    Data(serde_json::Error, Box<Event<RawJson>>),
+}
 
 /// A parsed line: an item, or an event whose data is to be the line's own
 /// bytes at `span`.
@@ -422,13 +435,26 @@ fn event<D: DeserializeOwned + 'static>(
             line_safe,
         });
     }
-    let data =
-        serde_json::from_slice(raw).map_err(|error| (DecodeErrorKind::InvalidData, Some(error)))?;
-    Ok(Line::Item(FeedItem::Event(Event {
-        partition,
-        headers,
-        data,
-    })))
+    match serde_json::from_slice(raw) {
+        Ok(data) => Ok(Line::Item(FeedItem::Event(Event {
+            partition,
+            headers,
+            data,
+        }))),
+        Err(error) => {
+            // Kept as it came, for the consumer to set aside or read raw.
+            let data = RawJson::from_valid(bytes::Bytes::copy_from_slice(raw));
+            let event = Box::new(Event {
+                partition,
+                headers,
+                data,
+            });
+            Err((
+                DecodeErrorKind::InvalidData,
+                Some(Detail::Data(error, event)),
+            ))
+        }
+    }
 }
 
 /// `json` as the `D` it is (`D` being `RawJson`, as [`event`] checked).
@@ -611,6 +637,8 @@ enum HeadersField {
     Absent,
     Valid(Headers),
     Invalid,
+    /// An object of strings in which this name appears twice.
+    Duplicate(String),
 }
 
 impl<'de> serde::Deserialize<'de> for HeadersField {
@@ -626,18 +654,24 @@ impl<'de> serde::Deserialize<'de> for HeadersField {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeadersField, A::Error> {
                 let mut headers = Headers::new();
                 let mut valid = true;
+                let mut duplicate = None;
                 while let Some(name) = map.next_key::<String>()? {
                     match map.next_value::<Loose<'de>>()? {
-                        Loose::Str(value) => {
-                            headers.insert(name, value.into_owned());
-                        }
+                        Loose::Str(value) => match headers.entry(name) {
+                            Entry::Occupied(taken) => {
+                                duplicate.get_or_insert_with(|| taken.key().clone());
+                            }
+                            Entry::Vacant(slot) => {
+                                slot.insert(value.into_owned());
+                            }
+                        },
                         _ => valid = false,
                     }
                 }
-                Ok(if valid {
-                    HeadersField::Valid(headers)
-                } else {
-                    HeadersField::Invalid
+                Ok(match (valid, duplicate) {
+                    (false, _) => HeadersField::Invalid,
+                    (true, Some(name)) => HeadersField::Duplicate(name),
+                    (true, None) => HeadersField::Valid(headers),
                 })
             }
 
@@ -683,15 +717,51 @@ pub struct DecodeError {
     line: u64,
     kind: DecodeErrorKind,
     source: Option<serde_json::Error>,
+    header: Option<Box<str>>,
+    event: Option<Box<Event<RawJson>>>,
 }
 
 impl DecodeError {
     fn new(line: u64, kind: DecodeErrorKind) -> Self {
-        DecodeError {
+        Self::with_detail(line, kind, None)
+    }
+
+    fn with_detail(line: u64, kind: DecodeErrorKind, detail: Option<Detail>) -> Self {
+        let mut error = DecodeError {
             line,
             kind,
             source: None,
+            header: None,
+            event: None,
+        };
+        match detail {
+            None => {}
+            Some(Detail::Json(source)) => error.source = Some(source),
+            Some(Detail::Header(name)) => error.header = Some(name.into()),
+            Some(Detail::Data(source, event)) => {
+                error.source = Some(source);
+                error.event = Some(event);
+            }
         }
+        error
+    }
+
+    /// The header name that appears twice, for
+    /// [`DuplicateHeader`](DecodeErrorKind::DuplicateHeader).
+    pub fn header(&self) -> Option<&str> {
+        self.header.as_deref()
+    }
+
+    /// The event whose data the requested type refused, with its data as
+    /// it came, for [`InvalidData`](DecodeErrorKind::InvalidData): to set
+    /// it aside, or read it another way.
+    pub fn event(&self) -> Option<&Event<RawJson>> {
+        self.event.as_deref()
+    }
+
+    /// Takes the refused event out of the error; see [`event`](Self::event).
+    pub fn into_event(self) -> Option<Event<RawJson>> {
+        self.event.map(|event| *event)
     }
 
     /// The number of the offending line, from 1.
@@ -707,7 +777,18 @@ impl DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.kind)
+        match (&self.kind, &self.header, &self.event, &self.source) {
+            (DecodeErrorKind::DuplicateHeader, Some(name), _, _) => {
+                write!(f, "line {}: header {name:?} appears twice", self.line)
+            }
+            (DecodeErrorKind::InvalidData, _, Some(event), Some(source)) => write!(
+                f,
+                "line {}: the data of an event of partition {} does not deserialize into \
+                 the requested type: {source}",
+                self.line, event.partition
+            ),
+            _ => write!(f, "line {}: {}", self.line, self.kind),
+        }
     }
 }
 
@@ -757,8 +838,14 @@ pub enum DecodeErrorKind {
     DataAndCursor,
     /// `headers` is not an object whose values are strings.
     InvalidHeaders,
+    /// A header name appears twice in `headers` (the error's
+    /// [`header`](DecodeError::header) says which): JSON readers disagree
+    /// on which value counts, so the event means nothing certain.
+    DuplicateHeader,
     /// The event's data does not deserialize into the requested type (the
-    /// error's source says why).
+    /// error's source says why, and [`event`](DecodeError::event) holds the
+    /// event as it came). The line itself keeps the protocol: the decoder
+    /// goes on with the next line.
     InvalidData,
 }
 
@@ -785,6 +872,7 @@ impl fmt::Display for DecodeErrorKind {
             DecodeErrorKind::InvalidHeaders => {
                 f.write_str("\"headers\" is not an object of strings")
             }
+            DecodeErrorKind::DuplicateHeader => f.write_str("a header name appears twice"),
             DecodeErrorKind::InvalidData => {
                 f.write_str("event data does not deserialize into the requested type")
             }

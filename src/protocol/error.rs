@@ -95,9 +95,12 @@ impl fmt::Display for RequestError {
                 f,
                 "parameter \"n\" must be a partition count in ASCII digits, at most 4294967295, got {value:?}"
             ),
-            RequestError::PartitionCountMismatch { .. } => {
-                f.write_str("handshake error: partition count mismatch")
-            }
+            // Go's text first, which clients of the reference match on.
+            RequestError::PartitionCountMismatch { feed, requested } => write!(
+                f,
+                "handshake error: partition count mismatch (the feed has {feed} partitions, \
+                 the request says n={requested})"
+            ),
             RequestError::CursorsMissing => f.write_str("cursors are missing"),
             RequestError::InvalidCursorParameter { name } => write!(
                 f,
