@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--runs 5] [--events 200000] [--no-scaling]
-//!     [--compare --python PATH]
+//!     [--compare --python PATH] [--connections-only]
 //! ```
 //!
 //! It builds and starts `serve` as its own process, then runs every consumer
@@ -14,6 +14,11 @@
 //! figure is the median of `--runs` runs. With `--compare`, the reference
 //! server (`zeroeventhub==0.2.4` under uvicorn) and client are measured too,
 //! in the four pairings; `benches/compare.sh` sets that up.
+//!
+//! Then, on a fresh `serve`: time to first byte while 1,000 idle
+//! connections are open beside the quiet figure, and the server's memory per
+//! consumer that asks for a large page and stops reading (RSS growth over
+//! 200 of them). `--connections-only` measures only these.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,6 +57,7 @@ struct Options {
     runs: usize,
     events: u64,
     scaling: bool,
+    connections_only: bool,
     python: Option<PathBuf>,
 }
 
@@ -61,6 +67,7 @@ impl Options {
             runs: 5,
             events: 200_000,
             scaling: true,
+            connections_only: false,
             python: None,
         };
         let mut compare = false;
@@ -71,6 +78,7 @@ impl Options {
                 "--runs" => options.runs = value()?.parse()?,
                 "--events" => options.events = value()?.parse()?,
                 "--no-scaling" => options.scaling = false,
+                "--connections-only" => options.connections_only = true,
                 "--compare" => compare = true,
                 "--python" => options.python = Some(PathBuf::from(value()?)),
                 other => return Err(format!("unknown argument {other:?}").into()),
@@ -95,6 +103,9 @@ const REFERENCE_EVENTS: u64 = 20_000;
 
 fn orchestrate(options: &Options) -> Result<(), BoxError> {
     let serve = build_serve()?;
+    if options.connections_only {
+        return connection_figures(&serve, options.runs);
+    }
     let stored = if options.scaling {
         options.events.max(SCALING_EVENTS)
     } else {
@@ -177,7 +188,8 @@ fn orchestrate(options: &Options) -> Result<(), BoxError> {
     if let Some(python) = &options.python {
         compare(python, &ours, runs, &single_10k)?;
     }
-    Ok(())
+    drop(server);
+    connection_figures(&serve, runs)
 }
 
 /// The four pairings with the Python reference, and our ratios.
@@ -233,8 +245,22 @@ fn compare(python: &Path, ours: &str, runs: usize, ours_ours: &Row) -> Result<()
     Ok(())
 }
 
-/// Builds the `serve` example in this profile and returns its path.
+/// Builds the `serve` example in this profile, with this benchmark's own
+/// features (so that one build of the crate serves both), and returns its
+/// path.
 fn build_serve() -> Result<PathBuf, BoxError> {
+    let features: Vec<&str> = [
+        ("server", cfg!(feature = "server")),
+        ("serve", cfg!(feature = "serve")),
+        ("client", cfg!(feature = "client")),
+        ("hyper-client", cfg!(feature = "hyper-client")),
+        ("rustls", cfg!(feature = "rustls")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("sqlite", cfg!(feature = "sqlite")),
+    ]
+    .into_iter()
+    .filter_map(|(name, enabled)| enabled.then_some(name))
+    .collect();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -242,6 +268,9 @@ fn build_serve() -> Result<PathBuf, BoxError> {
         "--quiet",
         "--example",
         "serve",
+        "--no-default-features",
+        "--features",
+        &features.join(","),
     ]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
@@ -423,6 +452,115 @@ fn today() -> String {
         .ok()
         .and_then(|output| String::from_utf8(output.stdout).ok())
         .map_or_else(|| "date unknown".to_owned(), |date| date.trim().to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Connections that cost the server without reading: memory per consumer that
+// stopped reading, and time to first byte beside 1,000 idle connections.
+
+/// Consumers that ask for a large page and stop reading.
+const SLOW_READERS: usize = 200;
+/// Idle connections held open beside the time-to-first-byte requests.
+const IDLE_CONNECTIONS: usize = 1_000;
+
+fn connection_figures(serve: &Path, runs: usize) -> Result<(), BoxError> {
+    // Timeouts far above the measurement, so that nothing is closed during it.
+    let server = Server::start(
+        Command::new(serve).args([
+            "--addr",
+            "127.0.0.1:0",
+            "--partitions",
+            "2",
+            "--events",
+            "200000",
+            "--max-page-size",
+            "1000000",
+            "--header-timeout",
+            "600",
+            "--idle-timeout",
+            "600",
+            "--stall-timeout",
+            "600",
+            "--max-connections",
+            "4096",
+        ]),
+        |line| line.strip_prefix("listening on ").map(str::to_owned),
+    )?;
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .ok_or("no address in the URL")?
+        .to_owned();
+    println!("\nconnections that do not read ({}):", today());
+
+    let ttfb = |label: &str| -> Result<f64, BoxError> {
+        let row = measure(runs, None, || {
+            consumer_command(&server.url, &["--ttfb", "200", "--page-size", "1000"])
+        })?;
+        let ms = row.ttfb_ms.unwrap_or(f64::NAN);
+        println!("time to first byte, pagesizehint=1000, {label}: {ms:.3} ms");
+        Ok(ms)
+    };
+    let quiet = ttfb("quiet")?;
+    let idle: Vec<std::net::TcpStream> = (0..IDLE_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(&addr))
+        .collect::<Result<_, _>>()?;
+    wait_for_descriptors(server.pid(), IDLE_CONNECTIONS)?;
+    let loaded = ttfb(&format!("{IDLE_CONNECTIONS} idle connections open"))?;
+    println!("  ratio: {:.2}x the quiet figure", loaded / quiet);
+    drop(idle);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let before_kb = status_kb(server.pid(), "VmRSS:")?;
+    let request = format!(
+        "GET /feed/v1?n=2&cursor0=_first&cursor1=_first&pagesizehint=1000000 HTTP/1.1\r\nhost: {addr}\r\n\r\n"
+    );
+    let mut slow = Vec::with_capacity(SLOW_READERS);
+    for _ in 0..SLOW_READERS {
+        let mut tcp = std::net::TcpStream::connect(&addr)?;
+        std::io::Write::write_all(&mut tcp, request.as_bytes())?;
+        slow.push(tcp);
+    }
+    let after_kb = settled_rss_kb(server.pid())?;
+    println!(
+        "server memory per consumer that stopped reading ({SLOW_READERS} of them, pagesizehint=1000000): {:.0} KiB",
+        after_kb.saturating_sub(before_kb) as f64 / SLOW_READERS as f64
+    );
+    drop(slow);
+    Ok(())
+}
+
+/// Waits until process `pid` holds at least `count` open descriptors.
+fn wait_for_descriptors(pid: u32, count: usize) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() < count {
+        if Instant::now() > deadline {
+            return Err("the server did not accept the idle connections".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The RSS of process `pid` once it stops moving: the stalled responses
+/// have filled the sockets and wait.
+fn settled_rss_kb(pid: u32) -> Result<u64, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = status_kb(pid, "VmRSS:")?;
+    let mut steady = 0;
+    while steady < 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = status_kb(pid, "VmRSS:")?;
+        steady = if now.abs_diff(last) * 200 < last {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    Ok(last)
 }
 
 // ---------------------------------------------------------------------------

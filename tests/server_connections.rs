@@ -258,3 +258,28 @@ fn running_out_of_file_descriptors_is_recovered_from() {
         "the descriptors ran out: {log}"
     );
 }
+
+#[tokio::test]
+async fn http2_is_served_on_the_same_port() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let addr = start(Server::new()).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let uri = format!("http://{addr}/feed?n=1&cursor0=_first")
+        .parse()
+        .unwrap();
+    let response = timeout(Duration::from_secs(20), client.get(uri))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "{\"partition\":0,\"data\":{\"n\":1}}\n{\"partition\":0,\"cursor\":\"0\"}\n"
+    );
+}

@@ -534,24 +534,28 @@ async fn fixed_answers_are_sent_with_their_length() {
     }
 }
 
-/// Two events, then the checkpoint covering both, without end.
-fn endless_reader() -> FnReader<impl ReadFn> {
-    FnReader::new(|_: &ReadContext<'_>| {
-        let lines = (0u64..).flat_map(|n| {
-            [
-                Ok(event(0, &data(2 * n))),
-                Ok(event(0, &data(2 * n + 1))),
-                Ok(checkpoint(0, &(2 * n + 1).to_string())),
-            ]
+/// An event, then, after a pause longer than the page's maximum duration,
+/// its checkpoint, and so on without end.
+fn slow_endless_reader(pause: Duration) -> FnReader<impl ReadFn> {
+    FnReader::new(move |_: &ReadContext<'_>| {
+        let lines = stream::iter(0u64..).flat_map(move |n| {
+            let event = stream::iter([Ok(event(0, &data(n)))]);
+            let checkpoint = stream::once(async move {
+                tokio::time::sleep(pause).await;
+                Ok(checkpoint(0, &n.to_string()))
+            });
+            event.chain(checkpoint)
         });
-        Ok(stream::iter(lines).boxed())
+        Ok(lines.boxed())
     })
 }
 
 #[tokio::test]
-async fn a_page_past_its_maximum_duration_ends_cleanly_at_a_checkpoint() {
-    let service =
-        FeedService::new(endless_reader(), 1).max_page_duration(Duration::from_millis(50));
+async fn a_page_past_its_maximum_duration_ends_cleanly_at_its_next_checkpoint() {
+    // The duration runs out while the page waits for the first checkpoint:
+    // the page goes on to that checkpoint and ends there, not before.
+    let service = FeedService::new(slow_endless_reader(Duration::from_millis(200)), 1)
+        .max_page_duration(Duration::from_millis(20));
     let response = service
         .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
         .await
@@ -560,14 +564,52 @@ async fn a_page_past_its_maximum_duration_ends_cleanly_at_a_checkpoint() {
         .await
         .expect("the endless page ends");
     end.expect("a clean end");
-    let lines: Vec<&str> = received.lines().collect();
-    assert!(lines.len() >= 3, "{received:?}");
-    assert_eq!(lines.len() % 3, 0, "the page ends at a checkpoint");
-    let events = lines.len() / 3 * 2;
     assert_eq!(
-        lines.last().copied(),
-        Some(format!("{{\"partition\":0,\"cursor\":\"{}\"}}", events - 1).as_str())
+        received,
+        format!("{}{{\"partition\":0,\"cursor\":\"0\"}}\n", line(0))
     );
+}
+
+/// Lines the reader has ready are packed into frames of 64 KiB: a frame
+/// per line would cost a write each.
+#[tokio::test]
+async fn ready_lines_are_packed_into_large_frames() {
+    let reader = FnReader::new(|_: &ReadContext<'_>| {
+        Ok(stream::iter((0..20_000u64).map(|seq| Ok(event(0, &data(seq))))).boxed())
+    });
+    let response = FeedService::new(reader, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    while let Some(frame) = body.frame().await {
+        frames.push(frame.unwrap().into_data().unwrap().len());
+    }
+    // The first line goes alone; the last frame is what is left.
+    assert!(frames.len() > 3, "{frames:?}");
+    for &length in &frames[1..frames.len() - 1] {
+        assert!(length >= 64 * 1024, "{frames:?}");
+        assert!(length < 65 * 1024, "{frames:?}");
+    }
+}
+
+#[test]
+fn the_service_and_its_bodies_describe_themselves() {
+    let service = FeedService::new(
+        FnReader::new(|_: &ReadContext<'_>| Ok(stream::empty().boxed())),
+        3,
+    )
+    .default_page_size(5)
+    .max_page_size(9)
+    .max_page_duration(Duration::from_secs(7));
+    assert_eq!(service.partition_count(), 3);
+    assert_eq!(
+        format!("{service:?}"),
+        "FeedService { partition_count: 3, default_page_size: 5, max_page_size: 9, max_page_duration: 7s, .. }"
+    );
+    let body = zeroeventhub::server::FeedBody::<ItemStream>::default();
+    assert_eq!(format!("{body:?}"), r#"FeedBody { kind: "full" }"#);
 }
 
 #[tokio::test]
