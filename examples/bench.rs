@@ -94,7 +94,8 @@ const SCALING_EVENTS: u64 = 1_000_000;
 const REFERENCE_EVENTS: u64 = 20_000;
 
 fn orchestrate(options: &Options) -> Result<(), BoxError> {
-    let serve = build_serve()?;
+    let serve = build_example("serve")?;
+    let tail = build_example("tail")?;
     let stored = if options.scaling {
         options.events.max(SCALING_EVENTS)
     } else {
@@ -136,6 +137,11 @@ fn orchestrate(options: &Options) -> Result<(), BoxError> {
         ours_client(&["--events", &events, "--page-size", "10000"])
     })?;
     single_10k.print("ours/ours pagesizehint=10000");
+    let (tail_rate, consumer_rate) = measure_tail(runs, &tail, &ours, &events)?;
+    println!(
+        "tail to /dev/null, pagesizehint=10000: {tail_rate:.0} events/s, {:.0}% of the consumer's {consumer_rate:.0} (both timed from process start to exit, runs interleaved)",
+        100.0 * tail_rate / consumer_rate
+    );
     let concurrent = measure(runs, Some(&server), || {
         ours_client(&[
             "--consumers",
@@ -233,28 +239,69 @@ fn compare(python: &Path, ours: &str, runs: usize, ours_ours: &Row) -> Result<()
     Ok(())
 }
 
-/// Builds the `serve` example in this profile and returns its path.
-fn build_serve() -> Result<PathBuf, BoxError> {
+/// Builds the example `name` in this profile and returns its path.
+fn build_example(name: &str) -> Result<PathBuf, BoxError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--quiet",
-        "--example",
-        "serve",
-    ]);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", name]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
     let status = command.status()?;
     if !status.success() {
-        return Err("building the serve example failed".into());
+        return Err(format!("building the {name} example failed").into());
     }
     let examples = std::env::current_exe()?
         .parent()
         .ok_or("the benchmark binary has no folder")?
         .to_owned();
-    Ok(examples.join("serve"))
+    Ok(examples.join(name))
+}
+
+/// The `tail` example printing `events` events of partition 0 to
+/// `/dev/null`, against the benchmark's consumer reading the same, runs
+/// interleaved; each timed from its process's start to its exit. The
+/// medians of both, in events/s.
+fn measure_tail(runs: usize, tail: &Path, url: &str, events: &str) -> Result<(f64, f64), BoxError> {
+    let count: f64 = events.parse()?;
+    let timed = |command: &mut Command| -> Result<f64, BoxError> {
+        let start = Instant::now();
+        let status = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()?;
+        let seconds = start.elapsed().as_secs_f64();
+        if !status.success() {
+            return Err(format!("a run failed ({status})").into());
+        }
+        Ok(count / seconds)
+    };
+    let (mut tail_rates, mut consumer_rates) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        tail_rates.push(timed(Command::new(tail).args([
+            url,
+            "--partitions",
+            "2",
+            "--cursor",
+            "0=_first",
+            "--page-size",
+            "10000",
+            "--max-events",
+            events,
+        ]))?);
+        consumer_rates.push(timed(&mut consumer_command(
+            url,
+            &["--events", events, "--page-size", "10000"],
+        ))?);
+    }
+    Ok((median(tail_rates), median(consumer_rates)))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn consumer_command(url: &str, extra: &[&str]) -> Command {
@@ -320,19 +367,16 @@ fn measure(
             ttfb_ms: report["ttfb_ms"].as_f64(),
         });
     }
-    let median = |value: &dyn Fn(&Row) -> f64| {
-        let mut values: Vec<f64> = samples.iter().map(value).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let median_of = |value: &dyn Fn(&Row) -> f64| median(samples.iter().map(value).collect());
     Ok(Row {
-        events_per_second: median(&|row| row.events_per_second),
-        client_us_per_event: median(&|row| row.client_us_per_event),
-        server_us_per_event: server.map(|_| median(&|row| row.server_us_per_event.unwrap_or(0.0))),
-        client_peak_rss_mb: median(&|row| row.client_peak_rss_mb),
+        events_per_second: median_of(&|row| row.events_per_second),
+        client_us_per_event: median_of(&|row| row.client_us_per_event),
+        server_us_per_event: server
+            .map(|_| median_of(&|row| row.server_us_per_event.unwrap_or(0.0))),
+        client_peak_rss_mb: median_of(&|row| row.client_peak_rss_mb),
         ttfb_ms: samples[0]
             .ttfb_ms
-            .map(|_| median(&|row| row.ttfb_ms.unwrap_or(0.0))),
+            .map(|_| median_of(&|row| row.ttfb_ms.unwrap_or(0.0))),
     })
 }
 

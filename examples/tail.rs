@@ -51,7 +51,7 @@ use tokio::sync::watch;
 use tower::util::option_layer;
 use tower_http::auth::AddAuthorizationLayer;
 use zeroeventhub::client::{Client, Error, HttpService};
-use zeroeventhub::protocol::{Cursor, Event, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
+use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
 [--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN]";
@@ -106,7 +106,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // A spawned task, not the `block_on` future itself: waking the latter
+    // costs a system call each time, and a page wakes it once per chunk.
+    let outcome = runtime.block_on(async {
+        tokio::spawn(run(args))
+            .await
+            .unwrap_or_else(|error| Err(format!("stopped: {error}")))
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("tail: {message}");
@@ -213,7 +220,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         .collect();
 
     let mut tail = Tail {
-        out: std::io::stdout().lock(),
+        out: std::io::stdout(),
         encoder: LineEncoder::new(HeaderSelection::All),
         buffer: BytesMut::with_capacity(OUTPUT_CHUNK + 4096),
         printed: 0,
@@ -341,6 +348,14 @@ impl Backoff {
     }
 }
 
+/// A partition's events not yet covered by a checkpoint, encoded as they
+/// will be printed (their buffers are kept from one checkpoint to the next).
+#[derive(Default)]
+struct Pending {
+    lines: BytesMut,
+    events: u64,
+}
+
 /// Why a page ended early.
 enum PageError {
     /// Fetching or reading the page failed.
@@ -370,21 +385,29 @@ impl<W: Write> Tail<W> {
         max_events: Option<u64>,
     ) -> Result<u64, PageError> {
         let mut lines = client.fetch(request).await.map_err(PageError::Feed)?;
-        let mut pending: HashMap<u32, Vec<Event>> = HashMap::new();
+        // Each partition's events since its last checkpoint, encoded.
+        let mut pending: HashMap<u32, Pending> = HashMap::new();
         let printed_before = self.printed;
         while let Some(item) = lines.next().await {
             match item.map_err(PageError::Feed)? {
-                FeedItem::Event(event) => pending.entry(event.partition).or_default().push(event),
+                FeedItem::Event(event) => {
+                    let waiting = pending.entry(event.partition).or_default();
+                    self.encoder
+                        .encode(&FeedItem::Event(event), &mut waiting.lines);
+                    waiting.events += 1;
+                }
                 FeedItem::Checkpoint(checkpoint) => {
-                    let events = pending.remove(&checkpoint.partition).unwrap_or_default();
                     if max_events.is_some_and(|max| self.printed >= max) {
                         // Stop at a checkpoint, so that cursors and output
                         // agree; a checkpoint that covers more than is left
                         // is printed whole rather than never.
                         break;
                     }
-                    for event in events {
-                        self.print(event);
+                    if let Some(covered) = pending.get_mut(&checkpoint.partition) {
+                        self.buffer.extend_from_slice(&covered.lines);
+                        self.printed += covered.events;
+                        covered.lines.clear();
+                        covered.events = 0;
                     }
                     cursors.insert(checkpoint.partition, checkpoint.cursor);
                     if self.buffer.len() >= OUTPUT_CHUNK {
@@ -396,12 +419,6 @@ impl<W: Write> Tail<W> {
         // Events after the last checkpoint of their partition will be
         // served again from the cursor: not printed now.
         Ok(self.printed - printed_before)
-    }
-
-    fn print(&mut self, event: Event) {
-        self.encoder
-            .encode(&FeedItem::Event(event), &mut self.buffer);
-        self.printed += 1;
     }
 
     /// Writes the buffered events out.
