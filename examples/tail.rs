@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example tail -- URL --partitions N [--cursor P=VALUE]...
 //!     [--page-size K] [--headers h1,h2] [--max-events M] [--state FILE]
-//!     [--follow] [--bearer TOKEN]
+//!     [--follow] [--bearer TOKEN] [--http2] [--page-timeout SECS]
+//!     [--max-buffered-bytes B]
 //! ```
 //!
 //! Every event is one line on stdout, `{"partition":P,"headers":{...},"data":...}`
@@ -36,6 +37,13 @@
 //! on stderr and tries again after 1 s, doubling up to 30 s (or the
 //! `Retry-After` asked for, up to 30 s), back to 1 s after a page succeeds.
 //!
+//! `--http2` speaks HTTP/2 without asking first (prior knowledge), for a
+//! feed behind an HTTP/2-only server such as tonic's default. A page must
+//! end within `--page-timeout` (default 300 s), however steadily its bytes
+//! drip in. At most `--max-buffered-bytes` (default 64 MiB) of events may
+//! wait for their checkpoint: past that, tail exits non-zero, `--follow`
+//! or not, since asking again would bring the same page.
+//!
 //! Any other error exits non-zero with a one-line message on stderr.
 //! Progress goes to stderr when stderr is a terminal.
 
@@ -54,7 +62,8 @@ use zeroeventhub::client::{Client, Error, HttpService};
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
-[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN]";
+[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN] [--http2] \
+[--page-timeout SECS] [--max-buffered-bytes B]";
 
 /// How long to wait before polling again, with `--follow`, when caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -79,6 +88,9 @@ struct Args {
     state: Option<PathBuf>,
     follow: bool,
     bearer: Option<String>,
+    http2: bool,
+    page_timeout: Option<Duration>,
+    max_buffered_bytes: Option<usize>,
 }
 
 /// A one-line error for stderr.
@@ -132,6 +144,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
     let mut state = None;
     let mut follow = false;
     let mut bearer = None;
+    let mut http2 = false;
+    let mut page_timeout = None;
+    let mut max_buffered_bytes = None;
 
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -163,6 +178,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
             "--state" => state = Some(PathBuf::from(value("--state")?)),
             "--follow" => follow = true,
             "--bearer" => bearer = Some(value("--bearer")?),
+            "--http2" => http2 = true,
+            "--page-timeout" => {
+                let seconds: f64 = number(&value("--page-timeout")?, "--page-timeout")?;
+                page_timeout = Some(
+                    Duration::try_from_secs_f64(seconds)
+                        .map_err(|error| format!("--page-timeout {seconds}: {error}"))?,
+                );
+            }
+            "--max-buffered-bytes" => {
+                let given = value("--max-buffered-bytes")?;
+                max_buffered_bytes = Some(number(&given, "--max-buffered-bytes")?);
+            }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ if url.is_none() => {
                 url = Some(
@@ -183,6 +210,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
         state,
         follow,
         bearer,
+        http2,
+        page_timeout,
+        max_buffered_bytes,
     }))
 }
 
@@ -195,7 +225,17 @@ async fn run(args: Args) -> Result<(), Failure> {
     let (stop_sender, mut stop) = watch::channel(false);
     watch_signals(stop_sender);
 
-    let client = Client::builder(args.url.clone(), args.partitions)
+    let mut builder = Client::builder(args.url.clone(), args.partitions);
+    if args.http2 {
+        builder = builder.http2_prior_knowledge();
+    }
+    if let Some(timeout) = args.page_timeout {
+        builder = builder.page_timeout(timeout);
+    }
+    if let Some(max) = args.max_buffered_bytes {
+        builder = builder.max_buffered_bytes(max);
+    }
+    let client = builder
         .layer(option_layer(
             args.bearer.as_deref().map(AddAuthorizationLayer::bearer),
         ))

@@ -113,3 +113,25 @@ async fn grpc_and_the_feed_share_a_tonic_server_over_http1() {
     assert_read_exactly_once(&client).await;
     assert_healthy(addr).await;
 }
+#[tokio::test]
+async fn grpc_and_the_feed_share_a_tonic_server_over_http2() {
+    let feed = numbered_feed();
+    let addr = serve(&feed, false).await;
+
+    assert_healthy(addr).await;
+    let url: http::Uri = format!("http://{addr}/feed/v1").parse().unwrap();
+    let client = Client::builder(url.clone(), PARTITIONS)
+        .http2_prior_knowledge()
+        .build();
+    assert_read_exactly_once(&client).await;
+    assert_healthy(addr).await;
+
+    // Over HTTP/1.1, the answer says why: the server speaks only HTTP/2.
+    let http1 = Client::builder(url, PARTITIONS).build();
+    let request = FeedRequest::new(PARTITIONS, [(0, Cursor::first())]).unwrap();
+    let error = http1
+        .fetch_page(&request)
+        .await
+        .expect_err("HTTP/1.1 is refused");
+    assert!(error.is_http2_only(), "{error}");
+}
