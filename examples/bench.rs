@@ -14,6 +14,10 @@
 //! figure is the median of `--runs` runs. With `--compare`, the reference
 //! server (`zeroeventhub==0.2.4` under uvicorn) and client are measured too,
 //! in the four pairings; `benches/compare.sh` sets that up.
+//!
+//! Our pair is measured over HTTP/1.1 and over HTTP/2 (prior knowledge:
+//! `serve` speaks both on one port), and the `tail` example printing to
+//! `/dev/null` against the consumer, runs interleaved.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -137,6 +141,14 @@ fn orchestrate(options: &Options) -> Result<(), BoxError> {
         ours_client(&["--events", &events, "--page-size", "10000"])
     })?;
     single_10k.print("ours/ours pagesizehint=10000");
+    let http2_1k = measure(runs, Some(&server), || {
+        ours_client(&["--events", &events, "--page-size", "1000", "--http2"])
+    })?;
+    http2_1k.print("ours/ours HTTP/2 pagesizehint=1000");
+    let http2_10k = measure(runs, Some(&server), || {
+        ours_client(&["--events", &events, "--page-size", "10000", "--http2"])
+    })?;
+    http2_10k.print("ours/ours HTTP/2 pagesizehint=10000");
     let (tail_rate, consumer_rate) = measure_tail(runs, &tail, &ours, &events)?;
     println!(
         "tail to /dev/null, pagesizehint=10000: {tail_rate:.0} events/s, {:.0}% of the consumer's {consumer_rate:.0} (both timed from process start to exit, runs interleaved)",
@@ -471,14 +483,20 @@ fn today() -> String {
 
 // ---------------------------------------------------------------------------
 // A consumer run: `bench consume URL [--events N] [--page-size K]
-// [--consumers C] [--ttfb R] [--partition P]`, printing one JSON report.
+// [--consumers C] [--ttfb R] [--partition P] [--http2]`, printing one JSON
+// report. `--http2` speaks HTTP/2 with prior knowledge.
 
 fn consume_main(args: &[String]) -> Result<(), BoxError> {
     let url = args.first().ok_or("consume needs a URL")?.clone();
     let (mut events, mut page_size, mut consumers, mut ttfb, mut partition) =
         (200_000u64, 1_000u32, 1usize, 0usize, 0u32);
+    let mut http2 = false;
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {
+        if flag == "--http2" {
+            http2 = true;
+            continue;
+        }
         let value = rest.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--events" => events = value.parse()?,
@@ -493,7 +511,11 @@ fn consume_main(args: &[String]) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = Client::builder(url.parse()?, 2).build();
+        let mut builder = Client::builder(url.parse()?, 2);
+        if http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder.build();
         // One small page first, so that the connection is open before timing.
         read_events(&client, partition, 1, 1).await?;
         let cpu_before = cpu_seconds("self")?;

@@ -47,7 +47,7 @@
 //! Any other error exits non-zero with a one-line message on stderr.
 //! Progress goes to stderr when stderr is a terminal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -396,6 +396,14 @@ struct Pending {
     events: u64,
 }
 
+impl Pending {
+    /// The entry of `partition` in `pending`, sorted by partition.
+    fn of(pending: &mut [(u32, Pending)], partition: u32) -> Option<&mut Pending> {
+        let slot = pending.binary_search_by_key(&partition, |(p, _)| *p).ok()?;
+        Some(&mut pending[slot].1)
+    }
+}
+
 /// Why a page ended early.
 enum PageError {
     /// Fetching or reading the page failed.
@@ -425,16 +433,22 @@ impl<W: Write> Tail<W> {
         max_events: Option<u64>,
     ) -> Result<u64, PageError> {
         let mut lines = client.fetch(request).await.map_err(PageError::Feed)?;
-        // Each partition's events since its last checkpoint, encoded.
-        let mut pending: HashMap<u32, Pending> = HashMap::new();
+        // Each requested partition's events since its last checkpoint,
+        // encoded; by partition, as the decoder lets through only these.
+        let mut pending: Vec<(u32, Pending)> = request
+            .cursors()
+            .iter()
+            .map(|(partition, _)| (*partition, Pending::default()))
+            .collect();
         let printed_before = self.printed;
         while let Some(item) = lines.next().await {
             match item.map_err(PageError::Feed)? {
                 FeedItem::Event(event) => {
-                    let waiting = pending.entry(event.partition).or_default();
-                    self.encoder
-                        .encode(&FeedItem::Event(event), &mut waiting.lines);
-                    waiting.events += 1;
+                    if let Some(waiting) = Pending::of(&mut pending, event.partition) {
+                        self.encoder
+                            .encode(&FeedItem::Event(event), &mut waiting.lines);
+                        waiting.events += 1;
+                    }
                 }
                 FeedItem::Checkpoint(checkpoint) => {
                     if max_events.is_some_and(|max| self.printed >= max) {
@@ -443,7 +457,7 @@ impl<W: Write> Tail<W> {
                         // is printed whole rather than never.
                         break;
                     }
-                    if let Some(covered) = pending.get_mut(&checkpoint.partition) {
+                    if let Some(covered) = Pending::of(&mut pending, checkpoint.partition) {
                         self.buffer.extend_from_slice(&covered.lines);
                         self.printed += covered.events;
                         covered.lines.clear();
