@@ -15,6 +15,10 @@
 //! server (`zeroeventhub==0.2.4` under uvicorn) and client are measured too,
 //! in the four pairings; `benches/compare.sh` sets that up.
 //!
+//! Our pair is measured over HTTP/1.1 and over HTTP/2 (prior knowledge:
+//! `serve` speaks both on one port), and the `tail` example printing to
+//! `/dev/null` against the consumer, runs interleaved.
+//!
 //! Then, on a fresh `serve`: time to first byte while 1,000 idle
 //! connections are open beside the quiet figure, and the server's memory per
 //! consumer that asks for a large page and stops reading (RSS growth over
@@ -102,10 +106,11 @@ const SCALING_EVENTS: u64 = 1_000_000;
 const REFERENCE_EVENTS: u64 = 20_000;
 
 fn orchestrate(options: &Options) -> Result<(), BoxError> {
-    let serve = build_serve()?;
+    let serve = build_example("serve")?;
     if options.connections_only {
         return connection_figures(&serve, options.runs);
     }
+    let tail = build_example("tail")?;
     let stored = if options.scaling {
         options.events.max(SCALING_EVENTS)
     } else {
@@ -147,6 +152,19 @@ fn orchestrate(options: &Options) -> Result<(), BoxError> {
         ours_client(&["--events", &events, "--page-size", "10000"])
     })?;
     single_10k.print("ours/ours pagesizehint=10000");
+    let http2_1k = measure(runs, Some(&server), || {
+        ours_client(&["--events", &events, "--page-size", "1000", "--http2"])
+    })?;
+    http2_1k.print("ours/ours HTTP/2 pagesizehint=1000");
+    let http2_10k = measure(runs, Some(&server), || {
+        ours_client(&["--events", &events, "--page-size", "10000", "--http2"])
+    })?;
+    http2_10k.print("ours/ours HTTP/2 pagesizehint=10000");
+    let (tail_rate, consumer_rate) = measure_tail(runs, &tail, &ours, &events)?;
+    println!(
+        "tail to /dev/null, pagesizehint=10000: {tail_rate:.0} events/s, {:.0}% of the consumer's {consumer_rate:.0} (both timed from process start to exit, runs interleaved)",
+        100.0 * tail_rate / consumer_rate
+    );
     let concurrent = measure(runs, Some(&server), || {
         ours_client(&[
             "--consumers",
@@ -245,10 +263,10 @@ fn compare(python: &Path, ours: &str, runs: usize, ours_ours: &Row) -> Result<()
     Ok(())
 }
 
-/// Builds the `serve` example in this profile, with this benchmark's own
+/// Builds the example `name` in this profile, with this benchmark's own
 /// features (so that one build of the crate serves both), and returns its
 /// path.
-fn build_serve() -> Result<PathBuf, BoxError> {
+fn build_example(name: &str) -> Result<PathBuf, BoxError> {
     let features: Vec<&str> = [
         ("server", cfg!(feature = "server")),
         ("serve", cfg!(feature = "serve")),
@@ -267,7 +285,7 @@ fn build_serve() -> Result<PathBuf, BoxError> {
         "build",
         "--quiet",
         "--example",
-        "serve",
+        name,
         "--no-default-features",
         "--features",
         &features.join(","),
@@ -277,13 +295,57 @@ fn build_serve() -> Result<PathBuf, BoxError> {
     }
     let status = command.status()?;
     if !status.success() {
-        return Err("building the serve example failed".into());
+        return Err(format!("building the {name} example failed").into());
     }
     let examples = std::env::current_exe()?
         .parent()
         .ok_or("the benchmark binary has no folder")?
         .to_owned();
-    Ok(examples.join("serve"))
+    Ok(examples.join(name))
+}
+
+/// The `tail` example printing `events` events of partition 0 to
+/// `/dev/null`, against the benchmark's consumer reading the same, runs
+/// interleaved; each timed from its process's start to its exit. The
+/// medians of both, in events/s.
+fn measure_tail(runs: usize, tail: &Path, url: &str, events: &str) -> Result<(f64, f64), BoxError> {
+    let count: f64 = events.parse()?;
+    let timed = |command: &mut Command| -> Result<f64, BoxError> {
+        let start = Instant::now();
+        let status = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()?;
+        let seconds = start.elapsed().as_secs_f64();
+        if !status.success() {
+            return Err(format!("a run failed ({status})").into());
+        }
+        Ok(count / seconds)
+    };
+    let (mut tail_rates, mut consumer_rates) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        tail_rates.push(timed(Command::new(tail).args([
+            url,
+            "--partitions",
+            "2",
+            "--cursor",
+            "0=_first",
+            "--page-size",
+            "10000",
+            "--max-events",
+            events,
+        ]))?);
+        consumer_rates.push(timed(&mut consumer_command(
+            url,
+            &["--events", events, "--page-size", "10000"],
+        ))?);
+    }
+    Ok((median(tail_rates), median(consumer_rates)))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn consumer_command(url: &str, extra: &[&str]) -> Command {
@@ -349,19 +411,16 @@ fn measure(
             ttfb_ms: report["ttfb_ms"].as_f64(),
         });
     }
-    let median = |value: &dyn Fn(&Row) -> f64| {
-        let mut values: Vec<f64> = samples.iter().map(value).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let median_of = |value: &dyn Fn(&Row) -> f64| median(samples.iter().map(value).collect());
     Ok(Row {
-        events_per_second: median(&|row| row.events_per_second),
-        client_us_per_event: median(&|row| row.client_us_per_event),
-        server_us_per_event: server.map(|_| median(&|row| row.server_us_per_event.unwrap_or(0.0))),
-        client_peak_rss_mb: median(&|row| row.client_peak_rss_mb),
+        events_per_second: median_of(&|row| row.events_per_second),
+        client_us_per_event: median_of(&|row| row.client_us_per_event),
+        server_us_per_event: server
+            .map(|_| median_of(&|row| row.server_us_per_event.unwrap_or(0.0))),
+        client_peak_rss_mb: median_of(&|row| row.client_peak_rss_mb),
         ttfb_ms: samples[0]
             .ttfb_ms
-            .map(|_| median(&|row| row.ttfb_ms.unwrap_or(0.0))),
+            .map(|_| median_of(&|row| row.ttfb_ms.unwrap_or(0.0))),
     })
 }
 
@@ -565,14 +624,20 @@ fn settled_rss_kb(pid: u32) -> Result<u64, BoxError> {
 
 // ---------------------------------------------------------------------------
 // A consumer run: `bench consume URL [--events N] [--page-size K]
-// [--consumers C] [--ttfb R] [--partition P]`, printing one JSON report.
+// [--consumers C] [--ttfb R] [--partition P] [--http2]`, printing one JSON
+// report. `--http2` speaks HTTP/2 with prior knowledge.
 
 fn consume_main(args: &[String]) -> Result<(), BoxError> {
     let url = args.first().ok_or("consume needs a URL")?.clone();
     let (mut events, mut page_size, mut consumers, mut ttfb, mut partition) =
         (200_000u64, 1_000u32, 1usize, 0usize, 0u32);
+    let mut http2 = false;
     let mut rest = args[1..].iter();
     while let Some(flag) = rest.next() {
+        if flag == "--http2" {
+            http2 = true;
+            continue;
+        }
         let value = rest.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--events" => events = value.parse()?,
@@ -587,7 +652,11 @@ fn consume_main(args: &[String]) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = Client::builder(url.parse()?, 2).build();
+        let mut builder = Client::builder(url.parse()?, 2);
+        if http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder.build();
         // One small page first, so that the connection is open before timing.
         read_events(&client, partition, 1, 1).await?;
         let cpu_before = cpu_seconds("self")?;

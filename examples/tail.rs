@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example tail -- URL --partitions N [--cursor P=VALUE]...
 //!     [--page-size K] [--headers h1,h2] [--max-events M] [--state FILE]
-//!     [--follow] [--bearer TOKEN]
+//!     [--follow] [--bearer TOKEN] [--http2] [--page-timeout SECS]
+//!     [--max-buffered-bytes B]
 //! ```
 //!
 //! Every event is one line on stdout, `{"partition":P,"headers":{...},"data":...}`
@@ -36,10 +37,17 @@
 //! on stderr and tries again after 1 s, doubling up to 30 s (or the
 //! `Retry-After` asked for, up to 30 s), back to 1 s after a page succeeds.
 //!
+//! `--http2` speaks HTTP/2 without asking first (prior knowledge), for a
+//! feed behind an HTTP/2-only server such as tonic's default. A page must
+//! end within `--page-timeout` (default 300 s), however steadily its bytes
+//! drip in. At most `--max-buffered-bytes` (default 64 MiB) of events may
+//! wait for their checkpoint: past that, tail exits non-zero, `--follow`
+//! or not, since asking again would bring the same page.
+//!
 //! Any other error exits non-zero with a one-line message on stderr.
 //! Progress goes to stderr when stderr is a terminal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,10 +59,11 @@ use tokio::sync::watch;
 use tower::util::option_layer;
 use tower_http::auth::AddAuthorizationLayer;
 use zeroeventhub::client::{Client, Error, HttpService};
-use zeroeventhub::protocol::{Cursor, Event, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
+use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
-[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN]";
+[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN] [--http2] \
+[--page-timeout SECS] [--max-buffered-bytes B]";
 
 /// How long to wait before polling again, with `--follow`, when caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -79,6 +88,9 @@ struct Args {
     state: Option<PathBuf>,
     follow: bool,
     bearer: Option<String>,
+    http2: bool,
+    page_timeout: Option<Duration>,
+    max_buffered_bytes: Option<usize>,
 }
 
 /// A one-line error for stderr.
@@ -106,7 +118,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // A spawned task, not the `block_on` future itself: waking the latter
+    // costs a system call each time, and a page wakes it once per chunk.
+    let outcome = runtime.block_on(async {
+        tokio::spawn(run(args))
+            .await
+            .unwrap_or_else(|error| Err(format!("stopped: {error}")))
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("tail: {message}");
@@ -125,6 +144,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
     let mut state = None;
     let mut follow = false;
     let mut bearer = None;
+    let mut http2 = false;
+    let mut page_timeout = None;
+    let mut max_buffered_bytes = None;
 
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -156,6 +178,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
             "--state" => state = Some(PathBuf::from(value("--state")?)),
             "--follow" => follow = true,
             "--bearer" => bearer = Some(value("--bearer")?),
+            "--http2" => http2 = true,
+            "--page-timeout" => {
+                let seconds: f64 = number(&value("--page-timeout")?, "--page-timeout")?;
+                page_timeout = Some(
+                    Duration::try_from_secs_f64(seconds)
+                        .map_err(|error| format!("--page-timeout {seconds}: {error}"))?,
+                );
+            }
+            "--max-buffered-bytes" => {
+                let given = value("--max-buffered-bytes")?;
+                max_buffered_bytes = Some(number(&given, "--max-buffered-bytes")?);
+            }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ if url.is_none() => {
                 url = Some(
@@ -176,6 +210,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
         state,
         follow,
         bearer,
+        http2,
+        page_timeout,
+        max_buffered_bytes,
     }))
 }
 
@@ -188,7 +225,17 @@ async fn run(args: Args) -> Result<(), Failure> {
     let (stop_sender, mut stop) = watch::channel(false);
     watch_signals(stop_sender);
 
-    let client = Client::builder(args.url.clone(), args.partitions)
+    let mut builder = Client::builder(args.url.clone(), args.partitions);
+    if args.http2 {
+        builder = builder.http2_prior_knowledge();
+    }
+    if let Some(timeout) = args.page_timeout {
+        builder = builder.page_timeout(timeout);
+    }
+    if let Some(max) = args.max_buffered_bytes {
+        builder = builder.max_buffered_bytes(max);
+    }
+    let client = builder
         .layer(option_layer(
             args.bearer.as_deref().map(AddAuthorizationLayer::bearer),
         ))
@@ -213,7 +260,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         .collect();
 
     let mut tail = Tail {
-        out: std::io::stdout().lock(),
+        out: std::io::stdout(),
         encoder: LineEncoder::new(HeaderSelection::All),
         buffer: BytesMut::with_capacity(OUTPUT_CHUNK + 4096),
         printed: 0,
@@ -341,6 +388,22 @@ impl Backoff {
     }
 }
 
+/// A partition's events not yet covered by a checkpoint, encoded as they
+/// will be printed (their buffers are kept from one checkpoint to the next).
+#[derive(Default)]
+struct Pending {
+    lines: BytesMut,
+    events: u64,
+}
+
+impl Pending {
+    /// The entry of `partition` in `pending`, sorted by partition.
+    fn of(pending: &mut [(u32, Pending)], partition: u32) -> Option<&mut Pending> {
+        let slot = pending.binary_search_by_key(&partition, |(p, _)| *p).ok()?;
+        Some(&mut pending[slot].1)
+    }
+}
+
 /// Why a page ended early.
 enum PageError {
     /// Fetching or reading the page failed.
@@ -370,21 +433,35 @@ impl<W: Write> Tail<W> {
         max_events: Option<u64>,
     ) -> Result<u64, PageError> {
         let mut lines = client.fetch(request).await.map_err(PageError::Feed)?;
-        let mut pending: HashMap<u32, Vec<Event>> = HashMap::new();
+        // Each requested partition's events since its last checkpoint,
+        // encoded; by partition, as the decoder lets through only these.
+        let mut pending: Vec<(u32, Pending)> = request
+            .cursors()
+            .iter()
+            .map(|(partition, _)| (*partition, Pending::default()))
+            .collect();
         let printed_before = self.printed;
         while let Some(item) = lines.next().await {
             match item.map_err(PageError::Feed)? {
-                FeedItem::Event(event) => pending.entry(event.partition).or_default().push(event),
+                FeedItem::Event(event) => {
+                    if let Some(waiting) = Pending::of(&mut pending, event.partition) {
+                        self.encoder
+                            .encode(&FeedItem::Event(event), &mut waiting.lines);
+                        waiting.events += 1;
+                    }
+                }
                 FeedItem::Checkpoint(checkpoint) => {
-                    let events = pending.remove(&checkpoint.partition).unwrap_or_default();
                     if max_events.is_some_and(|max| self.printed >= max) {
                         // Stop at a checkpoint, so that cursors and output
                         // agree; a checkpoint that covers more than is left
                         // is printed whole rather than never.
                         break;
                     }
-                    for event in events {
-                        self.print(event);
+                    if let Some(covered) = Pending::of(&mut pending, checkpoint.partition) {
+                        self.buffer.extend_from_slice(&covered.lines);
+                        self.printed += covered.events;
+                        covered.lines.clear();
+                        covered.events = 0;
                     }
                     cursors.insert(checkpoint.partition, checkpoint.cursor);
                     if self.buffer.len() >= OUTPUT_CHUNK {
@@ -396,12 +473,6 @@ impl<W: Write> Tail<W> {
         // Events after the last checkpoint of their partition will be
         // served again from the cursor: not printed now.
         Ok(self.printed - printed_before)
-    }
-
-    fn print(&mut self, event: Event) {
-        self.encoder
-            .encode(&FeedItem::Event(event), &mut self.buffer);
-        self.printed += 1;
     }
 
     /// Writes the buffered events out.

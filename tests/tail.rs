@@ -403,6 +403,19 @@ impl Running {
             .collect()
     }
 
+    /// Waits for tail to exit by itself, at most 20 s; whether it was
+    /// clean, and its stderr.
+    fn exit(mut self) -> (bool, Vec<String>) {
+        for _ in 0..200 {
+            if let Some(exit) = self.child.try_wait().expect("tail's status") {
+                return (exit.success(), self.stderr.iter().collect());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!("tail did not exit within 20 s");
+    }
+
     /// Sends `SIGTERM` and waits for the exit; whether it was clean, and
     /// what remained on stderr.
     fn stop(mut self) -> (bool, Vec<String>) {
@@ -508,4 +521,99 @@ fn follow_paces_a_feed_that_moves_its_cursor_on_eventless_pages() {
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).expect("a state file")).expect("JSON");
     assert_eq!(saved["cursors"]["0"], format!("c{}", moving - 1), "{saved}");
+}
+
+/// A feed at `/feed` answering every request with `body` (a stream of
+/// chunks), on a free loopback port.
+fn serve_body<S>(
+    body: impl Fn() -> S + Clone + Send + Sync + 'static,
+) -> (tokio::runtime::Runtime, String)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    let app = axum::Router::new().route(
+        "/feed",
+        axum::routing::get(move || {
+            let body = body();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "application/x-ndjson")],
+                    axum::body::Body::from_stream(body),
+                )
+            }
+        }),
+    );
+    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
+    (runtime, format!("http://{addr}/feed"))
+}
+
+#[test]
+fn a_page_that_drips_ends_at_the_page_timeout() {
+    // A blank line every 100 ms: never idle, never done.
+    let (_server, url) = serve_body(|| {
+        futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some((Ok(bytes::Bytes::from_static(b"\n")), ()))
+        })
+    });
+    let tail = Running::start(&[&url, "--partitions", "1", "--page-timeout", "1"]);
+    let (clean, stderr) = tail.exit();
+    assert!(!clean);
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].starts_with("tail: ") && stderr[0].contains("page timeout"),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn events_without_a_checkpoint_past_the_limit_end_tail_even_when_following() {
+    // 100 KB of events and never a checkpoint.
+    let (_server, url) = serve_body(|| {
+        let line = format!("{{\"partition\":0,\"data\":\"{}\"}}\n", "x".repeat(1000));
+        futures_util::stream::iter((0..100).map(move |_| Ok(bytes::Bytes::from(line.clone()))))
+    });
+    let tail = Running::start(&[
+        &url,
+        "--partitions",
+        "1",
+        "--follow",
+        "--max-buffered-bytes",
+        "50000",
+    ]);
+    let (clean, stderr) = tail.exit();
+    assert!(!clean);
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].starts_with("tail: ") && stderr[0].contains("checkpoint"),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn http2_reads_a_feed_behind_an_http2_only_server() {
+    let feed = zeroeventhub::server::MemoryFeed::new(2);
+    append_numbered(&feed, 0..500);
+    // tonic's server, as it is by default: HTTP/2 only.
+    let routes =
+        tonic::service::Routes::from(axum::Router::new().route_service("/feed", feed.service()));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let url = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let url = format!("http://{}/feed", listener.local_addr().expect("an address"));
+        let server = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+        url
+    });
+
+    let (lines, clean) = run_tail(
+        &[&url, "--partitions", "2", "--headers", "seq", "--http2"],
+        None,
+    );
+    assert!(clean);
+    assert_exactly_once(&lines, 2, 500);
 }
