@@ -2,7 +2,8 @@
 //! of sending a request to a feed service (in-process and over loopback HTTP).
 
 // Each test binary compiles this module and uses only its own part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub(crate) mod database;
 pub(crate) mod readers;
 pub(crate) mod transport;
