@@ -241,7 +241,9 @@ fn the_url_keeps_its_own_parameters_and_loses_clashing_ones() {
 fn the_url_carries_the_requests_wait_and_never_the_base_urls() {
     let client = Client::new(
         (),
-        "https://feed.test/v1/events?wait=99&region=eu".parse().unwrap(),
+        "https://feed.test/v1/events?wait=99&region=eu"
+            .parse()
+            .unwrap(),
         2,
     );
     let request = first_cursors(2);
