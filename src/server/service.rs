@@ -5,13 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use tokio::time::Instant;
+use http_body::Body;
+use tracing::Instrument;
 
+use super::body::PageSettings;
 use super::{FeedBody, FeedReader, ReadContext, ReadError};
 use crate::protocol::{FeedRequest, LineEncoder, RequestError};
 
@@ -21,8 +22,9 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 /// A feed as a [`tower::Service`](tower_service::Service): parses the query's
 /// cursors, calls the [`FeedReader`] and streams its page as NDJSON.
 ///
-/// - `GET` (and `HEAD`, which checks the query but reads nothing) are served;
-///   other methods get `405` with `Allow`.
+/// - `GET` and `HEAD` are served; other methods get `405` with `Allow`.
+///   `HEAD` is answered as `GET` would be, through the reader (a cursor the
+///   reader refuses is a `400` on both), but never with a body.
 /// - An invalid query gets `400 text/plain` with one line naming the
 ///   parameter and the reason ([`RequestError`]), as does a cursor the reader
 ///   reports as [`ReadError::UnknownCursor`].
@@ -35,6 +37,13 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 ///   once; past that, a request is answered as if it had no wait. `HEAD`
 ///   never waits. When the consumer goes away, the server drops the
 ///   response future and the wait ends with it.
+/// - A page ends at its first checkpoint after
+///   [`max_page_duration`](FeedService::max_page_duration), so that a reader
+///   (a database query and its snapshot) is not held for long by a slow
+///   consumer.
+/// - Each response runs in a `feed_page` span (at debug level) naming the
+///   partitions read and the page size aimed at; it records the number of
+///   events sent when the page ends.
 ///
 /// The service is always ready, cheap to clone, and never fails
 /// (`Error = Infallible`), so it mounts directly with axum's
@@ -63,6 +72,7 @@ struct Config {
     max_page_size: usize,
     max_wait: Duration,
     max_waiting: usize,
+    max_page_duration: Duration,
 }
 
 impl<R: FeedReader> FeedService<R> {
@@ -79,6 +89,8 @@ impl<R: FeedReader> FeedService<R> {
     /// The default number of requests that may wait at once: 10,000, a few
     /// tens of MiB of connections and wait state.
     pub const DEFAULT_MAX_WAITING: usize = 10_000;
+    /// The default time after which a page ends at its next checkpoint.
+    pub const DEFAULT_MAX_PAGE_DURATION: Duration = Duration::from_secs(60);
 
     /// A feed of `partition_count` partitions served from `reader`.
     pub fn new(reader: R, partition_count: u32) -> Self {
@@ -90,6 +102,7 @@ impl<R: FeedReader> FeedService<R> {
                 max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
                 max_wait: Self::DEFAULT_MAX_WAIT,
                 max_waiting: Self::DEFAULT_MAX_WAITING,
+                max_page_duration: Self::DEFAULT_MAX_PAGE_DURATION,
             },
             waiting: Arc::new(AtomicUsize::new(0)),
         }
@@ -135,6 +148,16 @@ impl<R: FeedReader> FeedService<R> {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Sets how long a page may stream: past it, the page ends cleanly at
+    /// its next checkpoint (a shorter page is always valid; the consumer asks
+    /// again from there). The clock is looked at whenever the page moves on,
+    /// so a reader that produces nothing is not cut short by it.
+    /// `Duration::MAX` lets pages run as long as their reader.
+    pub fn max_page_duration(mut self, duration: Duration) -> Self {
+        self.config.max_page_duration = duration;
+        self
+    }
+
     /// The feed's partition count.
     pub fn partition_count(&self) -> u32 {
         self.config.partition_count
@@ -164,6 +187,7 @@ impl<R> fmt::Debug for FeedService<R> {
             .field("max_page_size", &self.config.max_page_size)
             .field("max_wait", &self.config.max_wait)
             .field("max_waiting", &self.config.max_waiting)
+            .field("max_page_duration", &self.config.max_page_duration)
             .finish_non_exhaustive()
     }
 }
@@ -185,14 +209,14 @@ where
         if method != Method::GET && method != Method::HEAD {
             return ResponseFuture::ready(method_not_allowed(&method));
         }
+        // HEAD takes GET's whole path, reader included, so that both give
+        // the same status; only the body is left out.
+        let head = method == Method::HEAD;
         let query = request.uri().query().unwrap_or("");
         let feed_request = match FeedRequest::parse(query, Some(self.config.partition_count)) {
             Ok(feed_request) => feed_request,
-            Err(error) => return ResponseFuture::ready(bad_request(&error)),
+            Err(error) => return ResponseFuture::ready(without_body_if(head, bad_request(&error))),
         };
-        if method == Method::HEAD {
-            return ResponseFuture::ready(page_response(FeedBody::empty()));
-        }
         let page_size = feed_request
             .page_size_hint()
             .map_or(self.config.default_page_size, |hint| {
@@ -202,22 +226,36 @@ where
             Method::GET => self.admit_wait(&feed_request),
             _ => None,
         };
+        let span = tracing::debug_span!(
+            "feed_page",
+            partitions = ?feed_request.cursors().iter().map(|(partition, _)| partition).collect::<Vec<_>>(),
+            page_size,
+            events = tracing::field::Empty,
+        );
         let reader = Arc::clone(&self.reader);
+        let max_page_duration = self.config.max_page_duration;
         let extensions = request.into_parts().0.extensions;
+        let respond = async move {
+            // Held until the answer's head is ready, or the consumer goes
+            // away and the server drops this future.
+            let (wait_deadline, _slot) = wait.unzip();
+            let context = ReadContext::new(&feed_request, page_size, &extensions)
+                .with_wait_deadline(wait_deadline);
+            let encoder = LineEncoder::new(feed_request.headers().clone());
+            let response = match reader.read(context).await {
+                Ok(stream) => {
+                    let settings = PageSettings {
+                        deadline: Instant::now().checked_add(max_page_duration),
+                        span: tracing::Span::current(),
+                    };
+                    first_lines(stream, encoder, settings).await
+                }
+                Err(error) => Err(error),
+            };
+            Ok(without_body_if(head, response.unwrap_or_else(read_error)))
+        };
         ResponseFuture {
-            inner: Box::pin(async move {
-                // Held until the answer's head is ready, or the consumer
-                // goes away and the server drops this future.
-                let (deadline, _slot) = wait.unzip();
-                let context = ReadContext::new(&feed_request, page_size, &extensions)
-                    .with_wait_deadline(deadline);
-                let encoder = LineEncoder::new(feed_request.headers().clone());
-                let response = match reader.read(context).await {
-                    Ok(stream) => first_lines(stream, encoder).await,
-                    Err(error) => Err(error),
-                };
-                Ok(response.unwrap_or_else(read_error))
-            }),
+            inner: Box::pin(respond.instrument(span)),
         }
     }
 }
@@ -226,12 +264,12 @@ impl<R> FeedService<R> {
     /// The deadline of a request that asks to wait, and its place among
     /// the waiting requests; `None` when it does not wait, or when the
     /// waiting requests are at their cap.
-    fn admit_wait(&self, request: &FeedRequest) -> Option<(Instant, WaitSlot)> {
+    fn admit_wait(&self, request: &FeedRequest) -> Option<(tokio::time::Instant, WaitSlot)> {
         let wait = request.wait()?.min(self.config.max_wait);
         if wait.is_zero() {
             return None;
         }
-        let arrival = Instant::now();
+        let arrival = tokio::time::Instant::now();
         let Some(slot) = WaitSlot::take(&self.waiting, self.config.max_waiting) else {
             tracing::debug!(
                 max_waiting = self.config.max_waiting,
@@ -265,7 +303,11 @@ impl Drop for WaitSlot {
 
 /// Reads the page's first item before answering, so that a reader that
 /// fails at once gets a proper status instead of a broken `200`.
-async fn first_lines<S>(stream: S, encoder: LineEncoder) -> Result<Response<FeedBody<S>>, ReadError>
+async fn first_lines<S>(
+    stream: S,
+    encoder: LineEncoder,
+    settings: PageSettings,
+) -> Result<Response<FeedBody<S>>, ReadError>
 where
     S: futures_core::Stream<Item = Result<crate::protocol::FeedItem, ReadError>>,
 {
@@ -274,13 +316,28 @@ where
     let body = match first {
         None => FeedBody::empty(),
         Some(Err(error)) => return Err(error),
-        Some(Ok(item)) => {
-            let mut buffer = BytesMut::with_capacity(72 * 1024);
-            encoder.encode(&item, &mut buffer);
-            FeedBody::page(stream, encoder, buffer)
-        }
+        Some(Ok(item)) => FeedBody::page(stream, encoder, &item, settings),
     };
     Ok(page_response(body))
+}
+
+/// Drops the body of an answer to `HEAD` (and with it the page's reader),
+/// keeping the length a `GET` would have announced.
+fn without_body_if<S>(head: bool, response: Response<FeedBody<S>>) -> Response<FeedBody<S>>
+where
+    S: futures_core::Stream<Item = Result<crate::protocol::FeedItem, ReadError>>,
+{
+    if !head {
+        return response;
+    }
+    let length = response.body().size_hint().exact();
+    let mut response = response.map(|_| FeedBody::empty());
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
 }
 
 fn page_response<S>(body: FeedBody<S>) -> Response<FeedBody<S>> {
