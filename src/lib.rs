@@ -73,7 +73,7 @@
 //! |----------------|---------|--------------|
 //! | `server`       | yes     | `FeedService`, `FeedReader`, `MemoryFeed` |
 //! | `client`       | yes     | the client over any HTTP service, pages, retry policy |
-//! | `hyper-client` | yes     | the default transport: hyper-util's pooled HTTP/1 client |
+//! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
