@@ -21,11 +21,15 @@
 mod body;
 mod memory;
 mod reader;
+#[cfg(feature = "serve")]
+mod serve;
 mod service;
 mod wake;
 
 pub use body::{FeedBody, FeedBodyError};
 pub use memory::{MemoryFeed, MemoryPage, UnknownPartition};
 pub use reader::{FeedReader, ReadContext, ReadError};
+#[cfg(feature = "serve")]
+pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
 pub use wake::{AppendListener, AppendSignal, WaitEnd};
