@@ -237,6 +237,29 @@ fn the_url_keeps_its_own_parameters_and_loses_clashing_ones() {
     );
 }
 
+#[test]
+fn the_url_carries_the_requests_wait_and_never_the_base_urls() {
+    let client = Client::new(
+        (),
+        "https://feed.test/v1/events?wait=99&region=eu"
+            .parse()
+            .unwrap(),
+        2,
+    );
+    let request = first_cursors(2);
+    assert_eq!(
+        client.url_for(&request).unwrap().to_string(),
+        "https://feed.test/v1/events?region=eu&n=2&cursor0=_first&cursor1=_first"
+    );
+    assert_eq!(
+        client
+            .url_for(&request.with_wait(std::time::Duration::from_secs(20)))
+            .unwrap()
+            .to_string(),
+        "https://feed.test/v1/events?region=eu&n=2&cursor0=_first&cursor1=_first&wait=20"
+    );
+}
+
 /// A reader that answers each partition with a checkpoint at the cursor it
 /// was given: what our server decoded from the query.
 #[derive(Clone)]

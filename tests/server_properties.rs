@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -37,8 +38,18 @@ fn header_selection() -> impl Strategy<Value = HeaderSelection> {
     ]
 }
 
+/// Any wait a consumer can ask for: whole seconds, fractions of one, and
+/// more than the wire can carry.
+fn wait() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        (0u64..=60).prop_map(Duration::from_secs),
+        (0u64..=5_000).prop_map(Duration::from_millis),
+        any::<u64>().prop_map(Duration::from_secs),
+    ]
+}
+
 /// Any request the model can build: a partition count, distinct partitions
-/// below it with any valid cursor, any hint, any header selection.
+/// below it with any valid cursor, any hint, any header selection, any wait.
 fn feed_request() -> impl Strategy<Value = FeedRequest> {
     let partition_count = prop_oneof![1u32..=8, 1u32..=u32::MAX];
     (
@@ -46,21 +57,25 @@ fn feed_request() -> impl Strategy<Value = FeedRequest> {
         proptest::collection::vec((any::<u32>(), cursor()), 1..6),
         proptest::option::of(any::<u32>()),
         header_selection(),
+        proptest::option::of(wait()),
     )
-        .prop_map(|(partition_count, cursors, hint, headers)| {
+        .prop_map(|(partition_count, cursors, hint, headers, wait)| {
             let mut partitions = HashSet::new();
             let cursors: Vec<(u32, Cursor)> = cursors
                 .into_iter()
                 .map(|(partition, cursor)| (partition % partition_count, cursor))
                 .filter(|(partition, _)| partitions.insert(*partition))
                 .collect();
-            let request = FeedRequest::new(partition_count, cursors)
+            let mut request = FeedRequest::new(partition_count, cursors)
                 .unwrap()
                 .with_headers(headers);
-            match hint {
-                Some(hint) => request.with_page_size_hint(hint),
-                None => request,
+            if let Some(hint) = hint {
+                request = request.with_page_size_hint(hint);
             }
+            if let Some(wait) = wait {
+                request = request.with_wait(wait);
+            }
+            request
         })
 }
 
@@ -76,6 +91,7 @@ const TOKENS: &[&str] = &[
     "cursor00",
     "pagesizehint",
     "headers",
+    "wait",
     "_all",
     "_first",
     "_last",
@@ -204,13 +220,22 @@ fn nearly_valid_query() -> impl Strategy<Value = String> {
             .prop_map(|headers| headers.map(|headers| format!("headers={headers}"))),
         weighted(
             0.3,
+            select(&["0", "1", "30", "31", "99999999999", "-1", "", "1.5"][..]),
+        )
+        .prop_map(|wait| wait.map(|wait| format!("wait={wait}"))),
+        weighted(
+            0.3,
             select(&["wait=1", "x", "Cursor0=_first", "cursor00=1", "n=2"][..]),
         ),
     );
     parts
-        .prop_map(|(n, cursor0, cursor1, hint, headers, extra)| {
+        .prop_map(|(n, cursor0, cursor1, hint, headers, wait, extra)| {
             let mut pairs = vec![n.to_owned()];
-            pairs.extend([cursor0, cursor1, hint, headers].into_iter().flatten());
+            pairs.extend(
+                [cursor0, cursor1, hint, headers, wait]
+                    .into_iter()
+                    .flatten(),
+            );
             pairs.extend(extra.map(str::to_owned));
             pairs
         })
@@ -255,8 +280,12 @@ fn method() -> impl Strategy<Value = Method> {
     ]
 }
 
+/// A runtime on paused time: a request that waits ends at its deadline
+/// without the test waiting for it.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
         .build()
         .unwrap()
 }
@@ -312,14 +341,16 @@ proptest! {
         let query = utf8_percent_encode(&query, NOT_IN_URI).to_string();
         let uri = format!("/feed?{query}");
         let service = small_feed().service();
-        let (status, headers, body) = runtime().block_on(async {
+        let (status, headers, body, elapsed) = runtime().block_on(async {
+            let start = tokio::time::Instant::now();
             let response = service
                 .oneshot(request(method.clone(), &uri))
                 .await
                 .unwrap();
+            let elapsed = start.elapsed();
             let (parts, body) = response.into_parts();
             let body = body.collect().await.expect("a sound body").to_bytes();
-            (parts.status, parts.headers, body)
+            (parts.status, parts.headers, body, elapsed)
         });
         let content_type = headers.get("content-type").map(|v| v.to_str().unwrap());
         let body = std::str::from_utf8(&body).expect("a UTF-8 body");
@@ -338,6 +369,15 @@ proptest! {
                 if method == Method::HEAD {
                     prop_assert_eq!(body, "");
                 }
+                // Nothing to send: the wait, clamped; otherwise (and
+                // for HEAD) at once. Nothing is appended meanwhile.
+                let waited = match request.wait() {
+                    Some(wait) if method == Method::GET && !body.contains("\"data\"") => {
+                        wait.min(Duration::from_secs(30))
+                    }
+                    _ => Duration::ZERO,
+                };
+                prop_assert_eq!(elapsed, waited);
                 for line in body.lines() {
                     let line: serde_json::Value = serde_json::from_str(line).unwrap();
                     let partition = line["partition"].as_u64().unwrap() as u32;

@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use futures_util::stream;
 use http::{Method, StatusCode};
@@ -190,6 +192,10 @@ fn invalid_n(value: &str) -> String {
 
 fn invalid_hint(value: &str) -> String {
     format!("parameter \"pagesizehint\" must be a number in ASCII digits, got {value:?}")
+}
+
+fn invalid_wait(value: &str) -> String {
+    format!("parameter \"wait\" must be a number of seconds in ASCII digits, got {value:?}")
 }
 
 fn invalid_cursor_key(name: &str) -> String {
@@ -463,6 +469,35 @@ rules! {
     pagesizehint_not_a_number => get("n=2&cursor0=_first&pagesizehint=many")
         .rejected(&invalid_hint("many"));
 
+    // `wait`: non-negative digits, like `pagesizehint`; 0 or absent: no wait.
+    wait_reaches_the_reader => get("n=2&cursor0=_first&wait=5")
+        .served(page(&[(0, "_first")], ""))
+        .read_as(request(&[(0, "_first")]).with_wait(Duration::from_secs(5)), DEFAULT_PAGE_SIZE);
+    wait_zero_means_no_wait => plain("n=2&cursor0=_first&wait=0");
+    wait_with_leading_zeros => get("n=2&cursor0=_first&wait=007")
+        .served(page(&[(0, "_first")], ""))
+        .read_as(request(&[(0, "_first")]).with_wait(Duration::from_secs(7)), DEFAULT_PAGE_SIZE);
+    wait_huge_saturates => get("n=2&cursor0=_first&wait=99999999999999999999")
+        .served(page(&[(0, "_first")], ""))
+        .read_as(
+            request(&[(0, "_first")]).with_wait(Duration::from_secs(u64::from(u32::MAX))),
+            DEFAULT_PAGE_SIZE,
+        );
+    wait_negative => get("n=2&cursor0=_first&wait=-1").rejected(&invalid_wait("-1"));
+    wait_empty => get("n=2&cursor0=_first&wait=").rejected(&invalid_wait(""));
+    wait_without_equals => get("n=2&cursor0=_first&wait").rejected(&invalid_wait(""));
+    wait_with_plus_sign => get("n=2&cursor0=_first&wait=%2B5").rejected(&invalid_wait("+5"));
+    wait_spaced => get("n=2&cursor0=_first&wait=5+").rejected(&invalid_wait("5 "));
+    wait_fractional => get("n=2&cursor0=_first&wait=1.5").rejected(&invalid_wait("1.5"));
+    wait_with_a_unit => get("n=2&cursor0=_first&wait=5s").rejected(&invalid_wait("5s"));
+    wait_twice => get("n=2&cursor0=_first&wait=5&wait=5")
+        .rejected(r#"parameter "wait" is given more than once"#);
+    head_with_wait_is_served => with_method(Method::HEAD, "n=2&cursor0=_first&wait=30")
+        .served(page(&[(0, "_first")], ""))
+        .read_as(request(&[(0, "_first")]).with_wait(Duration::from_secs(30)), DEFAULT_PAGE_SIZE);
+    head_with_a_malformed_wait_is_rejected => with_method(Method::HEAD, "n=2&cursor0=_first&wait=x")
+        .rejected(&invalid_wait("x"));
+
     // `headers`: comma-separated names, empty names dropped, `_all`.
     headers_absent_means_none => plain("n=2&cursor0=_first");
     headers_empty_means_none => with_headers("", HeaderSelection::None, "");
@@ -496,7 +531,7 @@ rules! {
         .answered(StatusCode::INTERNAL_SERVER_ERROR, "internal error while reading the feed");
 
     // Unknown parameters are ignored.
-    unknown_parameters_are_ignored => plain("n=2&wait=5&cursor0=_first&foo=bar&flag&=x&N=9&CURSOR1=");
+    unknown_parameters_are_ignored => plain("n=2&Wait=5&cursor0=_first&foo=bar&flag&=x&N=9&CURSOR1=");
 
     // What the reader says.
     cursor_the_feed_never_handed_out => get("n=2&cursor0=_first&cursor1=5")

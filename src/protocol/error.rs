@@ -71,6 +71,11 @@ pub enum RequestError {
         /// The value given (shortened when long).
         value: String,
     },
+    /// `wait` is not a number of seconds in ASCII digits.
+    InvalidWait {
+        /// The value given (shortened when long).
+        value: String,
+    },
     /// A wanted header name is empty or contains a comma.
     InvalidHeaderName {
         /// The name given (shortened when long).
@@ -126,6 +131,10 @@ impl fmt::Display for RequestError {
             RequestError::InvalidPageSizeHint { value } => write!(
                 f,
                 "parameter \"pagesizehint\" must be a number in ASCII digits, got {value:?}"
+            ),
+            RequestError::InvalidWait { value } => write!(
+                f,
+                "parameter \"wait\" must be a number of seconds in ASCII digits, got {value:?}"
             ),
             RequestError::InvalidHeaderName { name } => write!(
                 f,

@@ -1,5 +1,6 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use percent_encoding::utf8_percent_encode;
 
@@ -102,6 +103,8 @@ pub struct FeedRequest {
     cursors: Vec<(u32, Cursor)>,
     page_size_hint: Option<u32>,
     headers: HeaderSelection,
+    /// Whole seconds; never `Some(0)`.
+    wait: Option<u32>,
 }
 
 impl FeedRequest {
@@ -133,6 +136,7 @@ impl FeedRequest {
             cursors,
             page_size_hint: None,
             headers: HeaderSelection::None,
+            wait: None,
         })
     }
 
@@ -145,6 +149,32 @@ impl FeedRequest {
     /// Asks for these event headers.
     pub fn with_headers(mut self, headers: HeaderSelection) -> Self {
         self.headers = headers;
+        self
+    }
+
+    /// Asks the server to hold the request for up to `wait` when none of
+    /// the requested partitions has anything new, answering as soon as an
+    /// event is appended to one of them (long polling, `wait=<seconds>`).
+    ///
+    /// The wire carries whole seconds: a fraction of a second counts as a
+    /// whole one, so that a short wait never becomes no wait. Zero asks for
+    /// an answer at once, as without a wait. Servers clamp the wait to
+    /// their maximum, and servers that do not know `wait` answer at once:
+    /// a consumer that gets an empty page back sooner than it asked sleeps
+    /// its poll interval before asking again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use zeroeventhub::protocol::{Cursor, FeedRequest};
+    ///
+    /// let request = FeedRequest::new(1, [(0, Cursor::last())])?.with_wait(Duration::from_millis(1500));
+    /// assert_eq!(request.wait(), Some(Duration::from_secs(2)));
+    /// assert_eq!(request.to_query(), "n=1&cursor0=_last&wait=2");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.wait = Some(u32::try_from(seconds).unwrap_or(u32::MAX)).filter(|&s| s > 0);
         self
     }
 
@@ -174,6 +204,13 @@ impl FeedRequest {
     /// Which event headers the consumer wants.
     pub fn headers(&self) -> &HeaderSelection {
         &self.headers
+    }
+
+    /// How long the consumer is willing to wait for new events, in whole
+    /// seconds, if it asked to wait at all (`None` for no `wait` or `0`).
+    pub fn wait(&self) -> Option<Duration> {
+        self.wait
+            .map(|seconds| Duration::from_secs(u64::from(seconds)))
     }
 
     /// Parses a request from a URL's query string (without the `?`),
@@ -230,17 +267,12 @@ impl FeedRequest {
                 .map_err(|reason| RequestError::InvalidCursor { partition, reason })?;
             cursors.push((partition, cursor));
         }
-        let page_size_hint = match fields.page_size_hint {
-            None => None,
-            Some(value) => {
-                let hint =
-                    parse_digits(&value).ok_or_else(|| RequestError::InvalidPageSizeHint {
-                        value: excerpt(&value, ECHOED_CHARS),
-                    })?;
-                // Only a hint: a huge one means "as many as you will give".
-                Some(u32::try_from(hint).unwrap_or(u32::MAX)).filter(|&hint| hint > 0)
-            }
-        };
+        // Both only hints: a huge value means "as many (or as long) as you
+        // will give", so it saturates; 0 means the same as no value.
+        let page_size_hint = parse_hint(fields.page_size_hint, |value| {
+            RequestError::InvalidPageSizeHint { value }
+        })?;
+        let wait = parse_hint(fields.wait, |value| RequestError::InvalidWait { value })?;
         Ok(FeedRequest {
             partition_count,
             cursors,
@@ -248,12 +280,13 @@ impl FeedRequest {
             headers: fields.headers.map_or(HeaderSelection::None, |value| {
                 HeaderSelection::parse(&value)
             }),
+            wait,
         })
     }
 
     /// Writes the request as a query string (without the `?`), cursors and
-    /// header names percent-encoded; `pagesizehint` and `headers` only when
-    /// set.
+    /// header names percent-encoded; `pagesizehint`, `headers` and `wait`
+    /// only when set.
     pub fn to_query(&self) -> String {
         let mut query = String::with_capacity(32 + 24 * self.cursors.len());
         let _ = write!(query, "n={}", self.partition_count);
@@ -280,6 +313,9 @@ impl FeedRequest {
                 }
             }
         }
+        if let Some(wait) = self.wait {
+            let _ = write!(query, "&wait={wait}");
+        }
         query
     }
 
@@ -287,7 +323,7 @@ impl FeedRequest {
     /// client replaces in a base URL's query.
     #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn is_protocol_parameter(key: &str) -> bool {
-        matches!(key, "n" | "pagesizehint" | "headers") || key.starts_with("cursor")
+        matches!(key, "n" | "pagesizehint" | "headers" | "wait") || key.starts_with("cursor")
     }
 }
 
@@ -297,6 +333,7 @@ struct RawFields<'q> {
     n: Option<Cow<'q, str>>,
     page_size_hint: Option<Cow<'q, str>>,
     headers: Option<Cow<'q, str>>,
+    wait: Option<Cow<'q, str>>,
     cursors: Vec<(u32, Cow<'q, str>)>,
 }
 
@@ -306,6 +343,7 @@ impl<'q> RawFields<'q> {
             "n" => &mut self.n,
             "pagesizehint" => &mut self.page_size_hint,
             "headers" => &mut self.headers,
+            "wait" => &mut self.wait,
             other => {
                 if let Some(index) = other.strip_prefix("cursor") {
                     let partition = parse_partition_index(index).ok_or_else(|| {
@@ -327,6 +365,20 @@ impl<'q> RawFields<'q> {
         *slot = Some(value);
         Ok(())
     }
+}
+
+/// Parses an optional numeric hint (`pagesizehint`, `wait`): ASCII digits
+/// only, saturating at `u32::MAX`, `0` read as absent. `invalid` makes the
+/// error from the shortened value.
+fn parse_hint(
+    value: Option<Cow<'_, str>>,
+    invalid: impl FnOnce(String) -> RequestError,
+) -> Result<Option<u32>, RequestError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let number = parse_digits(&value).ok_or_else(|| invalid(excerpt(&value, ECHOED_CHARS)))?;
+    Ok(Some(u32::try_from(number).unwrap_or(u32::MAX)).filter(|&number| number > 0))
 }
 
 /// A partition number in plain decimal: digits, no leading zero.

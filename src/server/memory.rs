@@ -1,12 +1,14 @@
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::fmt;
+use std::future::ready;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use super::{FeedReader, FeedService, ReadContext, ReadError};
+use super::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
 use crate::protocol::{Checkpoint, Cursor, Event, FeedItem, HeaderSelection, Headers, RawJson};
 
 /// Events stored per chunk: appends never move more than one chunk's worth
@@ -29,6 +31,12 @@ const READ_BATCH: usize = 256;
 /// `_last` answers with a checkpoint at the partition's current end (or
 /// `_first` when the partition is empty), so that a consumer can store it.
 ///
+/// A request that asks to wait (long polling) and finds nothing past its
+/// cursors is held until an append to one of its partitions, or its
+/// deadline: an append wakes exactly the requests waiting on its
+/// partition, with no polling. `_last` with a wait brings the events
+/// appended after the request arrived.
+///
 /// ```
 /// use zeroeventhub::protocol::{Event, RawJson};
 /// use zeroeventhub::server::MemoryFeed;
@@ -44,11 +52,11 @@ const READ_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct MemoryFeed {
     partitions: Arc<[Partition]>,
+    appended: AppendSignal,
 }
 
 #[derive(Default)]
 struct Partition {
-    // Appends are the single place where a long-polling wake-up belongs.
     chunks: RwLock<Vec<Vec<StoredEvent>>>,
 }
 
@@ -69,6 +77,7 @@ impl MemoryFeed {
         assert!(partitions > 0, "a feed has at least one partition");
         MemoryFeed {
             partitions: (0..partitions).map(|_| Partition::default()).collect(),
+            appended: AppendSignal::new(partitions),
         }
     }
 
@@ -78,9 +87,11 @@ impl MemoryFeed {
     }
 
     /// Appends `event` to its partition and returns the cursor of the
-    /// checkpoint that will follow it.
+    /// checkpoint that will follow it. Wakes the requests waiting on that
+    /// partition.
     pub fn append(&self, event: Event) -> Result<Cursor, UnknownPartition> {
-        let partition = self.partition(event.partition)?;
+        let number = event.partition;
+        let partition = self.partition(number)?;
         let headers = (!event.headers.is_empty()).then(|| Arc::new(event.headers));
         let mut chunks = write(&partition.chunks);
         let index = stored_len(&chunks);
@@ -97,7 +108,16 @@ impl MemoryFeed {
             headers,
             cursor: cursor.clone(),
         });
+        // Readable once the lock is released; only then are waiters woken.
+        drop(chunks);
+        self.appended.notify(number);
         Ok(cursor)
+    }
+
+    /// The signal that [`append`](Self::append) notifies: its
+    /// [`waiters`](AppendSignal::waiters) are the requests waiting now.
+    pub fn append_signal(&self) -> &AppendSignal {
+        &self.appended
     }
 
     /// The number of events in `partition` (0 for a partition it lacks).
@@ -179,6 +199,16 @@ impl FeedReader for MemoryFeed {
                 share: None,
             });
         }
+        // The positions are fixed: `_last` waits for what comes after now.
+        let Ok(_) = self
+            .appended
+            .wait_for_news(&context, || {
+                let news = plan
+                    .iter()
+                    .any(|reading| self.len(reading.partition) > reading.next);
+                ready(Ok::<_, Infallible>(news))
+            })
+            .await;
         Ok(MemoryPage {
             feed: self.clone(),
             headers: request.headers().clone(),

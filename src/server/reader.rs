@@ -2,6 +2,7 @@ use std::fmt;
 use std::future::Future;
 
 use futures_core::Stream;
+use tokio::time::Instant;
 
 use crate::BoxError;
 use crate::protocol::{FeedItem, FeedRequest};
@@ -33,6 +34,11 @@ use crate::protocol::{FeedItem, FeedRequest};
 ///   also filters headers, so a reader may hand out all of them).
 /// - [`ReadContext::page_size`] is the number of events to aim for in total,
 ///   the consumer's hint resolved against the service's default and maximum.
+/// - [`ReadContext::wait_deadline`] is when to answer at the latest if the
+///   request asked to wait (long polling): a reader over a store that can
+///   tell it of appends waits with an [`AppendSignal`](super::AppendSignal)
+///   before its first item, and answers at once when it has something to
+///   send. Ignoring it is allowed: the answer then comes at once.
 /// - [`ReadContext::extensions`] are the HTTP request's extensions: an auth
 ///   layer's consumer identity reaches the reader there, for per-consumer
 ///   decisions.
@@ -53,14 +59,15 @@ pub trait FeedReader: Send + Sync + 'static {
 
 /// What one call of [`FeedReader::read`] is asked for.
 ///
-/// Its fields are private so that protocol extensions (a long-polling
-/// `wait` budget, virtual partitions) can arrive as new accessors without
-/// breaking readers.
+/// Its fields are private so that protocol extensions (such as the
+/// long-polling [`wait_deadline`](Self::wait_deadline), or virtual
+/// partitions later) arrive as new accessors without breaking readers.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadContext<'a> {
     request: &'a FeedRequest,
     page_size: usize,
     extensions: &'a http::Extensions,
+    wait_deadline: Option<Instant>,
 }
 
 impl<'a> ReadContext<'a> {
@@ -75,7 +82,15 @@ impl<'a> ReadContext<'a> {
             request,
             page_size,
             extensions,
+            wait_deadline: None,
         }
+    }
+
+    /// Sets when the reader must answer at the latest, if it may wait for
+    /// new events (see [`wait_deadline`](Self::wait_deadline)).
+    pub fn with_wait_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.wait_deadline = deadline;
+        self
     }
 
     /// The validated feed request.
@@ -87,6 +102,14 @@ impl<'a> ReadContext<'a> {
     /// Never 0.
     pub fn page_size(&self) -> usize {
         self.page_size
+    }
+
+    /// When the consumer asked to wait (`wait`, clamped by the service):
+    /// the moment to answer by, even with an empty page, if the requested
+    /// partitions have nothing past their cursors. `None`: answer at once.
+    /// The deadline counts from the request's arrival.
+    pub fn wait_deadline(&self) -> Option<Instant> {
+        self.wait_deadline
     }
 
     /// The HTTP request's extensions (for example, the identity an

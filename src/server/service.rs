@@ -3,8 +3,8 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-
 use std::time::{Duration, Instant};
 
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -30,6 +30,13 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 ///   reports as [`ReadError::UnknownCursor`].
 /// - A reader error before the first line gets a generic `500`; after it,
 ///   the body fails so that the connection is aborted (see [`FeedBody`]).
+/// - A `GET` with `wait` (long polling) gives the reader a deadline
+///   ([`ReadContext::wait_deadline`]): the wait clamped to
+///   [`max_wait`](Self::max_wait), counted from the request's arrival.
+///   At most [`max_waiting`](Self::max_waiting) requests hold a deadline at
+///   once; past that, a request is answered as if it had no wait. `HEAD`
+///   never waits. When the consumer goes away, the server drops the
+///   response future and the wait ends with it.
 /// - A page ends at its first checkpoint after
 ///   [`max_page_duration`](FeedService::max_page_duration), so that a reader
 ///   (a database query and its snapshot) is not held for long by a slow
@@ -54,6 +61,8 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 pub struct FeedService<R> {
     reader: Arc<R>,
     config: Config,
+    /// Requests holding a wait deadline now, shared by the clones.
+    waiting: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +70,8 @@ struct Config {
     partition_count: u32,
     default_page_size: usize,
     max_page_size: usize,
+    max_wait: Duration,
+    max_waiting: usize,
     max_page_duration: Duration,
 }
 
@@ -71,6 +82,13 @@ impl<R: FeedReader> FeedService<R> {
     /// The default largest page a consumer can ask for.
     pub const DEFAULT_MAX_PAGE_SIZE: usize = 100_000;
 
+    /// The default longest wait granted to a long-polling request: 30 s,
+    /// below the idle timeouts of common proxies and load balancers (60 s).
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+    /// The default number of requests that may wait at once: 10,000, a few
+    /// tens of MiB of connections and wait state.
+    pub const DEFAULT_MAX_WAITING: usize = 10_000;
     /// The default time after which a page ends at its next checkpoint.
     pub const DEFAULT_MAX_PAGE_DURATION: Duration = Duration::from_secs(60);
 
@@ -82,8 +100,11 @@ impl<R: FeedReader> FeedService<R> {
                 partition_count,
                 default_page_size: Self::DEFAULT_PAGE_SIZE,
                 max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
+                max_wait: Self::DEFAULT_MAX_WAIT,
+                max_waiting: Self::DEFAULT_MAX_WAITING,
                 max_page_duration: Self::DEFAULT_MAX_PAGE_DURATION,
             },
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -102,6 +123,29 @@ impl<R: FeedReader> FeedService<R> {
         self.config.default_page_size =
             self.config.default_page_size.min(self.config.max_page_size);
         self
+    }
+
+    /// Sets the longest wait granted to a request with `wait` (default
+    /// [`DEFAULT_MAX_WAIT`](Self::DEFAULT_MAX_WAIT)); longer waits are
+    /// clamped to it. Whole seconds count; below one second, requests never
+    /// wait.
+    pub fn max_wait(mut self, max: Duration) -> Self {
+        self.config.max_wait = Duration::from_secs(max.as_secs());
+        self
+    }
+
+    /// Sets how many requests may wait at once (default
+    /// [`DEFAULT_MAX_WAITING`](Self::DEFAULT_MAX_WAITING)); past it, a
+    /// request with `wait` is answered at once. 0: no request waits.
+    pub fn max_waiting(mut self, max: usize) -> Self {
+        self.config.max_waiting = max;
+        self
+    }
+
+    /// The number of requests holding a wait deadline now, across the
+    /// service's clones.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Sets how long a page may stream: past it, the page ends cleanly at
@@ -130,6 +174,7 @@ impl<R> Clone for FeedService<R> {
         FeedService {
             reader: Arc::clone(&self.reader),
             config: self.config,
+            waiting: Arc::clone(&self.waiting),
         }
     }
 }
@@ -140,6 +185,8 @@ impl<R> fmt::Debug for FeedService<R> {
             .field("partition_count", &self.config.partition_count)
             .field("default_page_size", &self.config.default_page_size)
             .field("max_page_size", &self.config.max_page_size)
+            .field("max_wait", &self.config.max_wait)
+            .field("max_waiting", &self.config.max_waiting)
             .field("max_page_duration", &self.config.max_page_duration)
             .finish_non_exhaustive()
     }
@@ -175,6 +222,10 @@ where
             .map_or(self.config.default_page_size, |hint| {
                 (hint as usize).min(self.config.max_page_size)
             });
+        let wait = match method {
+            Method::GET => self.admit_wait(&feed_request),
+            _ => None,
+        };
         let span = tracing::debug_span!(
             "feed_page",
             partitions = ?feed_request.cursors().iter().map(|(partition, _)| partition).collect::<Vec<_>>(),
@@ -185,7 +236,11 @@ where
         let max_page_duration = self.config.max_page_duration;
         let extensions = request.into_parts().0.extensions;
         let respond = async move {
-            let context = ReadContext::new(&feed_request, page_size, &extensions);
+            // Held until the answer's head is ready, or the consumer goes
+            // away and the server drops this future.
+            let (wait_deadline, _slot) = wait.unzip();
+            let context = ReadContext::new(&feed_request, page_size, &extensions)
+                .with_wait_deadline(wait_deadline);
             let encoder = LineEncoder::new(feed_request.headers().clone());
             let response = match reader.read(context).await {
                 Ok(stream) => {
@@ -202,6 +257,47 @@ where
         ResponseFuture {
             inner: Box::pin(respond.instrument(span)),
         }
+    }
+}
+
+impl<R> FeedService<R> {
+    /// The deadline of a request that asks to wait, and its place among
+    /// the waiting requests; `None` when it does not wait, or when the
+    /// waiting requests are at their cap.
+    fn admit_wait(&self, request: &FeedRequest) -> Option<(tokio::time::Instant, WaitSlot)> {
+        let wait = request.wait()?.min(self.config.max_wait);
+        if wait.is_zero() {
+            return None;
+        }
+        let arrival = tokio::time::Instant::now();
+        let Some(slot) = WaitSlot::take(&self.waiting, self.config.max_waiting) else {
+            tracing::debug!(
+                max_waiting = self.config.max_waiting,
+                "too many waiting requests; answering at once"
+            );
+            return None;
+        };
+        Some((arrival + wait, slot))
+    }
+}
+
+/// One of the places among the waiting requests, given back when dropped.
+struct WaitSlot(Arc<AtomicUsize>);
+
+impl WaitSlot {
+    fn take(waiting: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()?;
+        Some(WaitSlot(Arc::clone(waiting)))
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
