@@ -8,6 +8,8 @@
 
 mod body;
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod outbox;
 mod reader;
 mod service;
 
@@ -15,3 +17,12 @@ pub use body::{FeedBody, FeedBodyError};
 pub use memory::{MemoryFeed, MemoryPage, UnknownPartition};
 pub use reader::{FeedReader, ReadContext, ReadError};
 pub use service::{FeedService, ResponseFuture};
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use outbox::{
+    InvalidTableName, OutboxError, OutboxEvent, OutboxPage, TableName, partition_for_key,
+};
+#[cfg(feature = "postgres")]
+pub use outbox::{PostgresFeed, PostgresOutbox};
+#[cfg(feature = "sqlite")]
+pub use outbox::{SqliteFeed, SqliteOutbox};

@@ -5,5 +5,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub(crate) mod database;
+#[cfg(all(
+    feature = "hyper-client",
+    any(feature = "postgres", feature = "sqlite")
+))]
+pub(crate) mod outbox;
 pub(crate) mod readers;
 pub(crate) mod transport;
