@@ -84,7 +84,7 @@ struct Statements {
 /// outbox.append(&mut tx, &OutboxEvent::keyed("A-17", data)).await?;
 /// tx.commit().await?;
 ///
-/// let app = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
+/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
 /// # let _ = app;
 /// # Ok(())
 /// # }
