@@ -74,7 +74,7 @@
 //! |----------------|---------|--------------|
 //! | `server`       | yes     | `FeedService`, `FeedReader`, `MemoryFeed` |
 //! | `client`       | yes     | the client over any HTTP service, pages, retry policy |
-//! | `hyper-client` | yes     | the default transport: hyper-util's pooled HTTP/1 client |
+//! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
 //! | `sqlite`       | yes     | with `server`: `SqliteOutbox` and `SqliteFeed`, an outbox table and its feed over SQLite |
 //! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL |
