@@ -11,11 +11,15 @@ mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub mod outbox;
 mod reader;
+#[cfg(feature = "serve")]
+mod serve;
 mod service;
 
 pub use body::{FeedBody, FeedBodyError};
 pub use memory::{MemoryFeed, MemoryPage, UnknownPartition};
 pub use reader::{FeedReader, ReadContext, ReadError};
+#[cfg(feature = "serve")]
+pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
