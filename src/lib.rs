@@ -14,7 +14,8 @@
 //!   NDJSON line codec.
 //! - `server`: the feed as a `tower::Service` (`server::FeedService`) over
 //!   a `server::FeedReader` you implement, and `server::MemoryFeed`, an
-//!   in-memory feed.
+//!   in-memory feed, and `server::outbox`, feeds over a database table that
+//!   the publisher writes in its own transactions.
 //! - `client`: a consumer over any HTTP `tower::Service`, with retry and
 //!   timeouts, pages that tell apart what is safe to commit, and typed errors.
 //!
@@ -77,6 +78,8 @@
 //! | `client`       | yes     | the client over any HTTP service, pages, retry policy |
 //! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
+//! | `sqlite`       | yes     | with `server`: `SqliteOutbox` and `SqliteFeed`, an outbox table and its feed over SQLite |
+//! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

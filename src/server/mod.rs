@@ -20,6 +20,8 @@
 
 mod body;
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod outbox;
 mod reader;
 #[cfg(feature = "serve")]
 mod serve;
@@ -33,3 +35,12 @@ pub use reader::{FeedReader, ReadContext, ReadError};
 pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
 pub use wake::{AppendListener, AppendSignal, WaitEnd};
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use outbox::{
+    InvalidTableName, OutboxError, OutboxEvent, OutboxPage, TableName, partition_for_key,
+};
+#[cfg(feature = "postgres")]
+pub use outbox::{PostgresFeed, PostgresOutbox};
+#[cfg(feature = "sqlite")]
+pub use outbox::{SqliteFeed, SqliteOutbox};

@@ -6,5 +6,10 @@
 
 pub(crate) mod auth;
 pub(crate) mod database;
+#[cfg(all(
+    feature = "hyper-client",
+    any(feature = "postgres", feature = "sqlite")
+))]
+pub(crate) mod outbox;
 pub(crate) mod readers;
 pub(crate) mod transport;

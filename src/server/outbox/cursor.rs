@@ -1,0 +1,70 @@
+//! The cursors of the database feeds: a row's order key, written as
+//! decimal numbers joined by `.`.
+
+use crate::protocol::Cursor;
+
+/// Writes an order key (one or more non-negative numbers) as a cursor.
+pub(crate) fn encode<const N: usize>(key: [u64; N]) -> Cursor {
+    let mut text = String::with_capacity(N * 21);
+    let mut digits = itoa::Buffer::new();
+    for (index, part) in key.iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        text.push_str(digits.format(*part));
+    }
+    Cursor::try_from(text).expect("decimal digits and dots are a valid cursor")
+}
+
+/// Reads an order key back from a cursor this module wrote: exactly `N`
+/// plain decimal numbers (no sign, no leading zero). Anything else is not a
+/// cursor of a database feed.
+pub(crate) fn decode<const N: usize>(cursor: &Cursor) -> Option<[u64; N]> {
+    let mut key = [0u64; N];
+    let mut parts = cursor.as_str().split('.');
+    for slot in &mut key {
+        let part = parts.next()?;
+        let plain = !part.is_empty()
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part == "0" || !part.starts_with('0'));
+        if !plain {
+            return None;
+        }
+        *slot = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let cursor = encode([748u64, 12]);
+        assert_eq!(cursor.as_str(), "748.12");
+        assert_eq!(decode::<2>(&cursor), Some([748, 12]));
+        assert_eq!(decode::<1>(&encode([u64::MAX])), Some([u64::MAX]));
+    }
+
+    #[test]
+    fn foreign_text_is_refused() {
+        for text in [
+            "",
+            "1",
+            "1.2.3",
+            "01.2",
+            "1.+2",
+            "1..2",
+            "a.b",
+            "18446744073709551616.0",
+        ] {
+            let Ok(cursor) = Cursor::new(text) else {
+                continue;
+            };
+            assert_eq!(decode::<2>(&cursor), None, "{text:?}");
+        }
+        assert_eq!(decode::<1>(&Cursor::new("1.2").unwrap()), None);
+        assert_eq!(decode::<1>(&Cursor::first()), None);
+    }
+}

@@ -1,0 +1,59 @@
+#![doc = include_str!("outbox.md")]
+
+mod cursor;
+mod error;
+mod event;
+mod page;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod table;
+
+pub use error::OutboxError;
+pub use event::{OutboxEvent, partition_for_key};
+pub use page::OutboxPage;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresFeed, PostgresOutbox};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteFeed, SqliteOutbox};
+pub use table::{InvalidTableName, TableName};
+
+#[cfg(test)]
+mod tests {
+    /// Every statement the crate runs is written out in the docs.
+    #[test]
+    fn the_docs_show_every_statement() {
+        let docs = include_str!("outbox.md");
+        #[cfg(feature = "postgres")]
+        {
+            use super::postgres::sql;
+            for statement in [
+                sql::SCHEMA,
+                sql::MIGRATE_LOCK,
+                sql::PAGE_BEGIN,
+                sql::APPEND,
+                sql::APPEND_BATCH,
+                sql::READ,
+                sql::LAST,
+                sql::HANDED_OUT,
+            ] {
+                assert!(docs.contains(statement), "undocumented: {statement}");
+            }
+        }
+        #[cfg(feature = "sqlite")]
+        {
+            use super::sqlite::sql;
+            for statement in [
+                sql::SCHEMA,
+                sql::APPEND,
+                sql::READ,
+                sql::LAST,
+                sql::HANDED_OUT,
+            ] {
+                assert!(docs.contains(statement), "undocumented: {statement}");
+            }
+        }
+        let _ = docs;
+    }
+}

@@ -1,0 +1,344 @@
+//! The outbox over SQLite: one writer at a time, so row order is commit
+//! order.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::Arc;
+
+use sqlx::{Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
+
+use super::event::check_partition;
+use super::page::{Budget, OutboxPage, emit_event, row_event};
+use super::{OutboxError, OutboxEvent, TableName, cursor};
+use crate::protocol::{Checkpoint, Cursor, FeedItem};
+use crate::server::{FeedReader, FeedService, ReadContext, ReadError};
+
+/// The statements, with `{table}` standing for the table name. The crate
+/// runs these and nothing else; `mod.rs` documents each of them.
+pub(crate) mod sql {
+    /// The table and its index, run by `migrate`.
+    pub(crate) const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS {table} (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    partition INTEGER NOT NULL CHECK (partition >= 0),
+    headers TEXT CHECK (headers IS NULL OR json_valid(headers)),
+    data TEXT NOT NULL CHECK (json_valid(data))
+);
+CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position);";
+
+    /// One event.
+    pub(crate) const APPEND: &str =
+        "INSERT INTO {table} (partition, headers, data) VALUES (?1, ?2, ?3)";
+
+    /// A partition's events after a position, in order.
+    pub(crate) const READ: &str = "\
+SELECT position, data, headers FROM {table}
+WHERE partition = ?1 AND position > ?2
+ORDER BY position
+LIMIT ?3";
+
+    /// A partition's last position (for `_last`).
+    pub(crate) const LAST: &str = "SELECT max(position) FROM {table} WHERE partition = ?1";
+
+    /// Whether a cursor names a row of the partition: only those were
+    /// handed out.
+    pub(crate) const HANDED_OUT: &str =
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)";
+}
+
+struct Statements {
+    table: TableName,
+    partition_count: u32,
+    schema: String,
+    append: String,
+    read: String,
+    last: String,
+    handed_out: String,
+}
+
+/// An outbox table in SQLite: its schema, and the writer that appends
+/// events inside the caller's transaction.
+///
+/// SQLite lets one transaction write at a time and holds its write lock
+/// from its first write to its commit, so positions (an `AUTOINCREMENT`
+/// key, never reused) are handed out in commit order: a reader that
+/// passed a position never sees a smaller one appear later. Use WAL
+/// journal mode, so that readers do not block the writer.
+///
+/// Cheap to clone. See the [module docs](super#sqlite) for the table and
+/// every statement.
+///
+/// ```no_run
+/// use sqlx::SqlitePool;
+/// use zeroeventhub::protocol::RawJson;
+/// use zeroeventhub::server::{OutboxEvent, SqliteOutbox, TableName};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = SqlitePool::connect("sqlite://events.db?mode=rwc").await?;
+/// let outbox = SqliteOutbox::new(TableName::new("order_events")?, 4);
+/// outbox.migrate(&pool).await?;
+///
+/// let mut tx = pool.begin().await?;
+/// // ... the business change, in `tx` ...
+/// let data = RawJson::from_bytes(r#"{"order":"A-17","status":"paid"}"#)?;
+/// outbox.append(&mut tx, &OutboxEvent::keyed("A-17", data)).await?;
+/// tx.commit().await?;
+///
+/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteOutbox {
+    statements: Arc<Statements>,
+}
+
+impl SqliteOutbox {
+    /// The outbox in `table`, for a feed of `partition_count` partitions.
+    ///
+    /// # Panics
+    ///
+    /// If `partition_count` is 0: a feed has at least one partition.
+    pub fn new(table: TableName, partition_count: u32) -> Self {
+        assert!(partition_count > 0, "a feed has at least one partition");
+        let fill = |template: &str| template.replace("{table}", table.as_str());
+        SqliteOutbox {
+            statements: Arc::new(Statements {
+                schema: fill(sql::SCHEMA),
+                append: fill(sql::APPEND),
+                read: fill(sql::READ),
+                last: fill(sql::LAST),
+                handed_out: fill(sql::HANDED_OUT),
+                table,
+                partition_count,
+            }),
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &TableName {
+        &self.statements.table
+    }
+
+    /// The feed's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.statements.partition_count
+    }
+
+    /// The SQL that [`migrate`](Self::migrate) runs, for users of their own
+    /// migration tool.
+    pub fn schema(&self) -> &str {
+        &self.statements.schema
+    }
+
+    /// The query that reads one partition of a page (see the
+    /// [module docs](super)): for checking its plan with `EXPLAIN`.
+    pub fn read_statement(&self) -> &str {
+        &self.statements.read
+    }
+
+    /// Creates the table and its index if they do not exist, in one
+    /// transaction. Idempotent.
+    pub async fn migrate<'a, A>(&self, connection: A) -> Result<(), OutboxError>
+    where
+        A: Acquire<'a, Database = Sqlite>,
+    {
+        let mut tx = connection.begin().await?;
+        sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends `event` in the caller's transaction (or, on a connection
+    /// outside a transaction, on its own). Readers see it once that
+    /// transaction commits; a rollback leaves no trace.
+    pub async fn append(
+        &self,
+        connection: &mut SqliteConnection,
+        event: &OutboxEvent,
+    ) -> Result<(), OutboxError> {
+        let partition = event.checked_partition(self.partition_count())?;
+        sqlx::query(&self.statements.append)
+            .bind(i64::from(partition))
+            .bind(event.headers_json())
+            .bind(event.data().as_str())
+            .execute(connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends `events`, in this order, in the caller's transaction. Nothing
+    /// is written if one of them has a partition the feed lacks; run it in a
+    /// transaction so that a failure half-way leaves nothing either.
+    pub async fn append_batch(
+        &self,
+        connection: &mut SqliteConnection,
+        events: &[OutboxEvent],
+    ) -> Result<(), OutboxError> {
+        let partitions = events
+            .iter()
+            .map(|event| event.checked_partition(self.partition_count()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (event, partition) in events.iter().zip(partitions) {
+            sqlx::query(&self.statements.append)
+                .bind(i64::from(partition))
+                .bind(event.headers_json())
+                .bind(event.data().as_str())
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The feed of this table, reading with connections of `pool`.
+    pub fn feed(&self, pool: SqlitePool) -> SqliteFeed {
+        SqliteFeed {
+            outbox: self.clone(),
+            pool,
+        }
+    }
+}
+
+impl fmt::Debug for SqliteOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOutbox")
+            .field("table", self.table())
+            .field("partition_count", &self.partition_count())
+            .finish()
+    }
+}
+
+/// A [`FeedReader`] over a [`SqliteOutbox`] table.
+///
+/// A page is one query per requested partition, in turn, each streamed row
+/// by row from one pooled connection (held for the page, given back when
+/// the page ends or the consumer goes away); the page size is shared among
+/// the partitions as [`MemoryFeed`](crate::server::MemoryFeed) shares it.
+/// A cursor is the row's `position` in decimal; a cursor that names no row
+/// of its partition is [`ReadError::UnknownCursor`]. `_last` starts at the
+/// partition's last row.
+#[derive(Clone)]
+pub struct SqliteFeed {
+    outbox: SqliteOutbox,
+    pool: SqlitePool,
+}
+
+impl SqliteFeed {
+    /// A [`FeedService`] serving this feed with the default page sizes.
+    pub fn service(&self) -> FeedService<SqliteFeed> {
+        FeedService::new(self.clone(), self.outbox.partition_count())
+    }
+
+    /// The pool the feed reads with.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The outbox the feed reads.
+    pub fn outbox(&self) -> &SqliteOutbox {
+        &self.outbox
+    }
+
+    /// Where reading `partition` from `cursor` starts (the position of the
+    /// last row not to send), and the checkpoint to send first for `_last`.
+    async fn start(
+        &self,
+        connection: &mut SqliteConnection,
+        partition: u32,
+        cursor: &Cursor,
+    ) -> Result<(i64, Option<Checkpoint>), ReadError> {
+        let statements = &self.outbox.statements;
+        check_partition(partition, statements.partition_count)?;
+        if cursor.is_first() {
+            return Ok((0, None));
+        }
+        if cursor.is_last() {
+            let last: Option<i64> = sqlx::query_scalar(&statements.last)
+                .bind(i64::from(partition))
+                .fetch_one(connection)
+                .await
+                .map_err(ReadError::internal)?;
+            let at = match last {
+                Some(position) => cursor::encode([position_key(position)?]),
+                None => Cursor::first(),
+            };
+            return Ok((last.unwrap_or(0), Some(Checkpoint::new(partition, at))));
+        }
+        let unknown = ReadError::UnknownCursor { partition };
+        let Some(position) = cursor::decode::<1>(cursor).and_then(|[p]| i64::try_from(p).ok())
+        else {
+            return Err(unknown);
+        };
+        let handed_out: bool = sqlx::query_scalar(&statements.handed_out)
+            .bind(i64::from(partition))
+            .bind(position)
+            .fetch_one(connection)
+            .await
+            .map_err(ReadError::internal)?;
+        if handed_out {
+            Ok((position, None))
+        } else {
+            Err(unknown)
+        }
+    }
+}
+
+impl fmt::Debug for SqliteFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteFeed")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeedReader for SqliteFeed {
+    type Stream = OutboxPage;
+
+    async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
+        let request = context.request();
+        let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
+        let mut starts = Vec::with_capacity(request.cursors().len());
+        let mut opening = Vec::new();
+        for (partition, cursor) in request.cursors() {
+            let (position, checkpoint) = self.start(&mut connection, *partition, cursor).await?;
+            opening.extend(checkpoint);
+            starts.push((*partition, position));
+        }
+        let statements = Arc::clone(&self.outbox.statements);
+        let selection = request.headers().clone();
+        let mut budget = Budget::new(context.page_size(), starts.len());
+        Ok(OutboxPage::new(move |emitter| async move {
+            for checkpoint in opening {
+                emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
+            }
+            for (partition, after) in starts {
+                let share = budget.next_share();
+                let mut taken = 0;
+                if share > 0 {
+                    let mut rows = sqlx::query(&statements.read)
+                        .bind(i64::from(partition))
+                        .bind(after)
+                        .bind(i64::try_from(share).unwrap_or(i64::MAX))
+                        .fetch(&mut *connection);
+                    while let Some(row) = poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                        let row = row.map_err(ReadError::internal)?;
+                        let position: i64 = row.try_get(0).map_err(ReadError::internal)?;
+                        let data: String = row.try_get(1).map_err(ReadError::internal)?;
+                        let headers: Option<&str> = row.try_get(2).map_err(ReadError::internal)?;
+                        let event = row_event(partition, data, headers, &selection)?;
+                        emit_event(&emitter, event, cursor::encode([position_key(position)?]))
+                            .await;
+                        taken += 1;
+                    }
+                }
+                budget.spent(taken);
+            }
+            Ok(())
+        }))
+    }
+}
+
+fn position_key(position: i64) -> Result<u64, ReadError> {
+    u64::try_from(position).map_err(|_| ReadError::internal("a negative position"))
+}
