@@ -23,7 +23,6 @@ use crate::protocol::error::excerpt as shortened;
 /// | [`is_status`](Self::is_status) | the feed answered with a non-2xx status | see [`status`](Self::status) |
 /// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
 /// | [`is_decode`](Self::is_decode) | a line breaks the protocol | the feed is broken: report it |
-/// | [`is_receiver`](Self::is_receiver) | the [`EventReceiver`](super::EventReceiver) failed | see its error |
 ///
 /// An error after some lines were handed out never makes those lines
 /// wrong: the consumer keeps what it committed and resumes from its last
@@ -54,7 +53,6 @@ enum Kind {
     },
     Encoded(String),
     Truncated,
-    Receiver,
 }
 
 impl Error {
@@ -109,10 +107,6 @@ impl Error {
 
     pub(crate) fn truncated(error: BoxError) -> Self {
         Self::new(Kind::Truncated, Some(error))
-    }
-
-    pub(crate) fn receiver(error: BoxError) -> Self {
-        Self::new(Kind::Receiver, Some(error))
     }
 
     /// Whether the request was refused before sending: it breaks a rule of
@@ -194,12 +188,6 @@ impl Error {
     pub fn is_truncated(&self) -> bool {
         matches!(self.inner.kind, Kind::Truncated)
     }
-
-    /// Whether the [`EventReceiver`](super::EventReceiver) returned an
-    /// error; the source is that error.
-    pub fn is_receiver(&self) -> bool {
-        matches!(self.inner.kind, Kind::Receiver)
-    }
 }
 
 impl fmt::Display for Error {
@@ -261,7 +249,6 @@ impl fmt::Display for Error {
             Kind::Truncated => f.write_str(
                 "the feed's answer broke off before its end; resume from the last stored cursors",
             ),
-            Kind::Receiver => f.write_str("the event receiver failed"),
         }
     }
 }

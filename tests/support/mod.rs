@@ -5,5 +5,6 @@
 #![allow(dead_code, unused_imports)]
 
 pub(crate) mod database;
+pub(crate) mod faults;
 pub(crate) mod readers;
 pub(crate) mod transport;
