@@ -4,25 +4,31 @@
 //! ```text
 //! cargo run --release --example serve -- --addr 127.0.0.1:8080 --partitions 2 --events 200000
 //!     [--token SECRET] [--append-rate N] [--max-page-size K]
+//!     [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS]
+//!     [--max-connections N]
 //! ```
 //!
 //! `--events` is per partition. `--token` requires `Authorization: Bearer
 //! SECRET` (401 otherwise). `--append-rate` keeps appending N events per
 //! second to every partition. Port 0 picks a free port. Once connections are
 //! accepted it prints `listening on http://ADDR/feed/v1` on stdout.
+//!
+//! Connections are served by `zeroeventhub::server::Server`: a request head
+//! must arrive within `--header-timeout` (10 s), a kept-alive connection is
+//! closed after `--idle-timeout` (60 s) without a request, a response whose
+//! consumer stops reading is aborted after `--stall-timeout` (60 s), and at
+//! most `--max-connections` (1024) are served at once.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
-
 use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use tower_http::trace::TraceLayer;
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
-use zeroeventhub::server::MemoryFeed;
+use zeroeventhub::server::{MemoryFeed, Server};
 use zeroeventhub::workload;
 
 struct Options {
@@ -32,9 +38,10 @@ struct Options {
     token: Option<String>,
     append_rate: u64,
     max_page_size: usize,
+    server: Server,
 }
 
-const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K]";
+const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -44,6 +51,7 @@ fn parse_options() -> Result<Options, String> {
         token: None,
         append_rate: 0,
         max_page_size: 1_000_000,
+        server: Server::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -55,6 +63,18 @@ fn parse_options() -> Result<Options, String> {
             "--token" => options.token = Some(value()?),
             "--append-rate" => options.append_rate = parse(&flag, &value()?)?,
             "--max-page-size" => options.max_page_size = parse(&flag, &value()?)?,
+            "--header-timeout" => {
+                options.server = options.server.header_timeout(seconds(&flag, &value()?)?);
+            }
+            "--idle-timeout" => {
+                options.server = options.server.idle_timeout(seconds(&flag, &value()?)?);
+            }
+            "--stall-timeout" => {
+                options.server = options.server.stall_timeout(seconds(&flag, &value()?)?);
+            }
+            "--max-connections" => {
+                options.server = options.server.max_connections(parse(&flag, &value()?)?);
+            }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -71,6 +91,12 @@ where
 {
     value
         .parse()
+        .map_err(|error| format!("{flag} {value:?}: {error}"))
+}
+
+/// A duration given in (possibly fractional) seconds.
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(parse(flag, value)?)
         .map_err(|error| format!("{flag} {value:?}: {error}"))
 }
 
@@ -113,17 +139,9 @@ async fn main() -> ExitCode {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    // Small pages are latency-bound: without this, Nagle's algorithm holds a
-    // page's last segment until the consumer's delayed acknowledgement.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     println!("listening on http://{addr}/feed/v1");
     let _ = std::io::stdout().flush();
-    if let Err(error) = axum::serve(listener, app).await {
-        eprintln!("server failed: {error}");
-        return ExitCode::FAILURE;
-    }
+    options.server.serve(listener, app).await;
     ExitCode::SUCCESS
 }
 

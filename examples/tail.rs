@@ -10,34 +10,47 @@
 //! Every event is one line on stdout, `{"partition":P,"headers":{...},"data":...}`
 //! (`headers` omitted when empty). With `--cursor`, only the partitions
 //! given are read, from the cursors given; otherwise every partition from
-//! `_first`. Without `--follow`, it stops once a page brings nothing new.
-//! `--max-events M` stops after M events, at a checkpoint: with a feed
-//! that checkpoints after several events, the last group may go past M.
+//! `_first`. Without `--follow`, it stops at the first page that brings no
+//! event. `--max-events M` stops after M events, at a checkpoint: with a
+//! feed that checkpoints after several events, the last group may go past M.
 //!
 //! An event is printed once a checkpoint of its partition covers it, so
-//! the printed events and the cursors always match. With `--state FILE`,
-//! the cursors are loaded at start and saved (written, then renamed into
-//! place) after every page, once its events are printed: a restart resumes
-//! without loss or duplicate. `SIGINT` and `SIGTERM` stop it after the page
-//! in progress; only a `SIGKILL` between printing a page and saving its
-//! cursors would print that page again on restart.
+//! the printed events and the cursors always match. Output is buffered and
+//! written at checkpoints, once 64 KiB are waiting, and at the end of every
+//! page: never part of a checkpoint's events. With `--state FILE`, the
+//! cursors are loaded at start and saved (written, then renamed into place,
+//! then the folder synced) after every page, once its events are written: a
+//! restart resumes without loss or duplicate. The file keeps the cursors of
+//! partitions a run did not read, so a run with `--cursor` leaves the
+//! others' progress alone; for the partitions it reads, the file's cursor
+//! wins over `--cursor`. `SIGINT` and `SIGTERM` stop it after the page in
+//! progress; only a `SIGKILL` between writing a page and saving its cursors
+//! would print that page again on restart.
 //!
-//! Any error exits non-zero with a one-line message on stderr. Progress
-//! goes to stderr when stderr is a terminal.
+//! The pace is set in one place (`next_step`): a page that brought events
+//! is followed at once by the next; after a page without events (caught up,
+//! even if the feed moved its cursor past rows it does not show), `--follow`
+//! waits 500 ms before asking again. Moved cursors are kept all the same.
+//! With `--follow`, a failure of the connection or the server (no answer,
+//! a broken body, 5xx, 429) does not end the run: it says so in one line
+//! on stderr and tries again after 1 s, doubling up to 30 s (or the
+//! `Retry-After` asked for, up to 30 s), back to 1 s after a page succeeds.
+//!
+//! Any other error exits non-zero with a one-line message on stderr.
+//! Progress goes to stderr when stderr is a terminal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tower::util::option_layer;
 use tower_http::auth::AddAuthorizationLayer;
-use zeroeventhub::client::{Client, HttpService};
+use zeroeventhub::client::{Client, Error, HttpService};
 use zeroeventhub::protocol::{Cursor, Event, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
@@ -45,6 +58,15 @@ const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--pag
 
 /// How long to wait before polling again, with `--follow`, when caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The first pause after a transport failure, with `--follow`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest pause after transport failures, with `--follow`.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// How much output is buffered before it is written, at a checkpoint.
+const OUTPUT_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct Args {
@@ -163,8 +185,8 @@ fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, Failure> {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop));
+    let (stop_sender, mut stop) = watch::channel(false);
+    watch_signals(stop_sender);
 
     let client = Client::builder(args.url.clone(), args.partitions)
         .layer(option_layer(
@@ -172,28 +194,33 @@ async fn run(args: Args) -> Result<(), Failure> {
         ))
         .build();
 
-    let mut cursors: BTreeMap<u32, Cursor> = if args.cursors.is_empty() {
+    // Every partition's saved progress, kept whole when saved again.
+    let mut saved = match &args.state {
+        Some(path) => load_state(path, args.partitions)?,
+        None => BTreeMap::new(),
+    };
+    let asked: Vec<(u32, Cursor)> = if args.cursors.is_empty() {
         (0..args.partitions).map(|p| (p, Cursor::first())).collect()
     } else {
-        args.cursors.iter().cloned().collect()
+        args.cursors.clone()
     };
-    if let Some(path) = &args.state {
-        for (partition, cursor) in load_state(path, args.partitions)? {
-            // The state holds progress; only the partitions asked for count.
-            if let Some(slot) = cursors.get_mut(&partition) {
-                *slot = cursor;
-            }
-        }
-    }
+    let mut cursors: BTreeMap<u32, Cursor> = asked
+        .into_iter()
+        .map(|(partition, given)| {
+            let cursor = saved.get(&partition).cloned().unwrap_or(given);
+            (partition, cursor)
+        })
+        .collect();
 
     let mut tail = Tail {
         out: std::io::stdout().lock(),
         encoder: LineEncoder::new(HeaderSelection::All),
-        line: BytesMut::new(),
+        buffer: BytesMut::with_capacity(OUTPUT_CHUNK + 4096),
         printed: 0,
         progress: std::io::stderr().is_terminal(),
         started: Instant::now(),
     };
+    let mut backoff = Backoff::new();
     loop {
         let mut request = FeedRequest::new(args.partitions, cursors.clone())
             .map_err(|error| format!("invalid cursors: {error}"))?
@@ -209,38 +236,124 @@ async fn run(args: Args) -> Result<(), Failure> {
             .page(&client, &request, &mut cursors, args.max_events)
             .await;
         // Whatever was printed is covered by these cursors, error or not.
-        tail.out
-            .flush()
-            .map_err(|error| format!("cannot write to stdout: {error}"))?;
+        tail.flush()?;
         if let Some(path) = &args.state {
-            save_state(path, args.partitions, &cursors)?;
+            saved.extend(cursors.iter().map(|(p, c)| (*p, c.clone())));
+            save_state(path, args.partitions, &saved)?;
         }
         tail.report();
-        let progressed = outcome?;
 
-        if args.max_events.is_some_and(|max| tail.printed >= max) || stop.load(Ordering::SeqCst) {
+        let step = match outcome {
+            Ok(events) => {
+                backoff.reset();
+                if args.max_events.is_some_and(|max| tail.printed >= max) {
+                    break;
+                }
+                next_step(events, args.follow)
+            }
+            Err(PageError::Feed(error)) if args.follow && is_transport_failure(&error) => {
+                let delay = backoff.after(&error);
+                tail.end_progress_line();
+                eprintln!(
+                    "tail: {}; trying again in {} s",
+                    one_line(&error),
+                    delay.as_secs_f64()
+                );
+                Step::AskAfter(delay)
+            }
+            Err(PageError::Feed(error)) => return Err(one_line(&error)),
+            Err(PageError::Output(message)) => return Err(message),
+        };
+        let pause = match step {
+            Step::Stop => break,
+            Step::AskAfter(pause) => pause,
+        };
+        if *stop.borrow() {
             break;
         }
-        if !progressed {
-            if !args.follow {
-                break;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-            if stop.load(Ordering::SeqCst) {
-                break;
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|stopped| *stopped) => break,
             }
         }
     }
-    if tail.progress {
-        eprintln!();
-    }
+    tail.end_progress_line();
     Ok(())
+}
+
+/// What the loop does after a page.
+enum Step {
+    /// Ask for the next page after this pause (none: at once).
+    AskAfter(Duration),
+    /// Stop: caught up, and not following.
+    Stop,
+}
+
+/// The pace of the loop, in one place: after a page that printed `events`,
+/// whether and when to ask again. A feed may move its cursors on a page
+/// without events (it skipped rows its consumers may not see), so the pace
+/// follows the events, never the cursors: such a page counts as caught up.
+fn next_step(events: u64, follow: bool) -> Step {
+    if events > 0 {
+        // More may be waiting right behind these.
+        Step::AskAfter(Duration::ZERO)
+    } else if follow {
+        Step::AskAfter(POLL_INTERVAL)
+    } else {
+        Step::Stop
+    }
+}
+
+/// Whether `error` is a failure of the connection or of the server, worth
+/// trying again later, rather than a broken feed or a wrong request.
+fn is_transport_failure(error: &Error) -> bool {
+    error.is_connect()
+        || error.is_request()
+        || error.is_timeout()
+        || error.is_truncated()
+        || error.status().is_some_and(|status| {
+            status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS
+        })
+}
+
+/// The pause before trying again after a transport failure, with
+/// `--follow`: doubling from [`FIRST_RETRY`] up to [`MAX_RETRY`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: FIRST_RETRY }
+    }
+
+    /// The pause after `error`: the current step, or the `Retry-After` the
+    /// feed asked for when longer, never more than [`MAX_RETRY`].
+    fn after(&mut self, error: &Error) -> Duration {
+        let delay = self.next.max(error.retry_after().unwrap_or_default());
+        self.next = (self.next * 2).min(MAX_RETRY);
+        delay.min(MAX_RETRY)
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
+}
+
+/// Why a page ended early.
+enum PageError {
+    /// Fetching or reading the page failed.
+    Feed(Error),
+    /// Writing to stdout failed.
+    Output(Failure),
 }
 
 struct Tail<W> {
     out: W,
     encoder: LineEncoder,
-    line: BytesMut,
+    /// Events covered by a checkpoint, not yet written.
+    buffer: BytesMut,
     printed: u64,
     progress: bool,
     started: Instant,
@@ -248,22 +361,19 @@ struct Tail<W> {
 
 impl<W: Write> Tail<W> {
     /// Reads one page, printing each partition's events when a checkpoint
-    /// covers them and moving its cursor along. Whether a cursor moved.
+    /// covers them and moving its cursor along. How many events it printed.
     async fn page<S: HttpService + Clone>(
         &mut self,
         client: &Client<S>,
         request: &FeedRequest,
         cursors: &mut BTreeMap<u32, Cursor>,
         max_events: Option<u64>,
-    ) -> Result<bool, Failure> {
-        let mut lines = client
-            .fetch(request)
-            .await
-            .map_err(|error| one_line(&error))?;
+    ) -> Result<u64, PageError> {
+        let mut lines = client.fetch(request).await.map_err(PageError::Feed)?;
         let mut pending: HashMap<u32, Vec<Event>> = HashMap::new();
-        let mut progressed = false;
+        let printed_before = self.printed;
         while let Some(item) = lines.next().await {
-            match item.map_err(|error| one_line(&error))? {
+            match item.map_err(PageError::Feed)? {
                 FeedItem::Event(event) => pending.entry(event.partition).or_default().push(event),
                 FeedItem::Checkpoint(checkpoint) => {
                     let events = pending.remove(&checkpoint.partition).unwrap_or_default();
@@ -274,35 +384,55 @@ impl<W: Write> Tail<W> {
                         break;
                     }
                     for event in events {
-                        self.print(event)?;
+                        self.print(event);
                     }
-                    let cursor = cursors
-                        .entry(checkpoint.partition)
-                        .or_insert_with(Cursor::first);
-                    progressed |= *cursor != checkpoint.cursor;
-                    *cursor = checkpoint.cursor;
+                    cursors.insert(checkpoint.partition, checkpoint.cursor);
+                    if self.buffer.len() >= OUTPUT_CHUNK {
+                        self.write_out().map_err(PageError::Output)?;
+                    }
                 }
             }
         }
         // Events after the last checkpoint of their partition will be
         // served again from the cursor: not printed now.
-        Ok(progressed)
+        Ok(self.printed - printed_before)
     }
 
-    fn print(&mut self, event: Event) -> Result<(), Failure> {
-        self.line.clear();
-        self.encoder.encode(&FeedItem::Event(event), &mut self.line);
-        self.out
-            .write_all(&self.line)
-            .map_err(|error| format!("cannot write to stdout: {error}"))?;
+    fn print(&mut self, event: Event) {
+        self.encoder
+            .encode(&FeedItem::Event(event), &mut self.buffer);
         self.printed += 1;
+    }
+
+    /// Writes the buffered events out.
+    fn write_out(&mut self) -> Result<(), Failure> {
+        self.out
+            .write_all(&self.buffer)
+            .map_err(|error| format!("cannot write to stdout: {error}"))?;
+        self.buffer.clear();
         Ok(())
+    }
+
+    /// Writes the buffered events out and flushes stdout.
+    fn flush(&mut self) -> Result<(), Failure> {
+        self.write_out()?;
+        self.out
+            .flush()
+            .map_err(|error| format!("cannot write to stdout: {error}"))
     }
 
     fn report(&self) {
         if self.progress {
             let rate = self.printed as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
             eprint!("\r{} events, {rate:.0} events/s", self.printed);
+        }
+    }
+
+    /// Ends the progress line, so that what comes next on stderr has a
+    /// line of its own.
+    fn end_progress_line(&self) {
+        if self.progress {
+            eprintln!();
         }
     }
 }
@@ -320,7 +450,7 @@ fn one_line(error: &dyn std::error::Error) -> Failure {
 }
 
 /// Stops the loop after the page in progress on `SIGINT` or `SIGTERM`.
-fn watch_signals(stop: Arc<AtomicBool>) {
+fn watch_signals(stop: watch::Sender<bool>) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -340,7 +470,7 @@ fn watch_signals(stop: Arc<AtomicBool>) {
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
-        stop.store(true, Ordering::SeqCst);
+        stop.send_replace(true);
     });
 }
 
@@ -368,8 +498,9 @@ fn load_state(path: &Path, partitions: u32) -> Result<BTreeMap<u32, Cursor>, Fai
     Ok(state.cursors)
 }
 
-/// Writes the state next to `path`, then renames it into place, so that
-/// `path` always holds a whole state.
+/// Writes the state next to `path`, renames it into place, then syncs the
+/// folder, so that `path` always holds a whole state and a power cut
+/// cannot bring an older one back.
 fn save_state(
     path: &Path,
     partitions: u32,
@@ -387,7 +518,24 @@ fn save_state(
         serde_json::to_writer(&mut file, &state)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)
+        std::fs::rename(&temporary, path)?;
+        sync_folder_of(path)
     };
     write().map_err(|error| format!("cannot save state to {}: {error}", path.display()))
+}
+
+/// Makes a rename in the folder of `path` durable (a folder cannot be
+/// opened as a file for this outside Unix).
+fn sync_folder_of(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let folder = match path.parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => folder,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

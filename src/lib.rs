@@ -54,7 +54,7 @@
 //!
 //! ```no_run
 //! use zeroeventhub::protocol::{Event, RawJson};
-//! use zeroeventhub::server::MemoryFeed;
+//! use zeroeventhub::server::{MemoryFeed, Server};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let feed = MemoryFeed::new(2);
@@ -62,7 +62,8 @@
 //!
 //! let app = axum::Router::new().route_service("/feed/v1", feed.service());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
+//! // `axum::serve`, with timeouts for idle and stalled connections and a cap.
+//! Server::new().serve(listener, app).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -75,8 +76,9 @@
 //! | feature        | default | what it adds |
 //! |----------------|---------|--------------|
 //! | `server`       | yes     | `FeedService`, `FeedReader`, `MemoryFeed` |
+//! | `serve`        | yes     | `Server`: TCP serving with header, idle and stall timeouts and a connection cap |
 //! | `client`       | yes     | the client over any HTTP service, pages, retry policy |
-//! | `hyper-client` | yes     | the default transport: hyper-util's pooled HTTP/1 client |
+//! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod support;
+
 use axum::Router;
+use support::auth::Bearer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower_http::auth::AddAuthorizationLayer;
@@ -99,8 +102,7 @@ async fn lines_stream_over_http() {
 #[tokio::test]
 async fn a_bearer_token_goes_through_a_user_layer() {
     let feed = feed_with(1, 3);
-    #[allow(deprecated)]
-    let guard = ValidateRequestHeaderLayer::bearer("s3cret");
+    let guard = ValidateRequestHeaderLayer::custom(Bearer::<axum::body::Body>::new("s3cret"));
     let base = serve(
         Router::new()
             .route_service("/feed", feed.service())

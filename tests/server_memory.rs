@@ -381,6 +381,20 @@ async fn only_the_selected_headers_are_served() {
 }
 
 #[test]
+#[should_panic(expected = "a feed has at least one partition")]
+fn a_feed_without_partitions_is_refused() {
+    let _ = MemoryFeed::new(0);
+}
+
+#[test]
+fn a_feed_is_empty_until_any_partition_has_an_event() {
+    let feed = MemoryFeed::new(3);
+    assert!(feed.is_empty());
+    feed.append(Event::new(1, data(json!("one")))).unwrap();
+    assert!(!feed.is_empty());
+}
+
+#[test]
 fn appending_to_a_partition_the_feed_lacks_is_an_error() {
     let feed = filled(2, &[1, 1]);
     let error = feed

@@ -11,10 +11,12 @@ mod support;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, StreamExt};
 use http::{Method, StatusCode};
+use http_body::Body;
 use http_body_util::BodyExt;
 use support::readers::{FnReader, ItemStream, ReadFn, checkpoint, drop_signal, event, guarded};
 use support::transport::{LIVENESS, LoopbackServer, client, request, router};
@@ -345,7 +347,10 @@ async fn reader_error_mid_page_fails_the_body_in_process() {
         "{\"partition\":0,\"data\":{\"a\":1}}\n{\"partition\":0,\"cursor\":\"c1\"}\n"
     );
     let error = end.expect_err("the body fails");
-    assert!(!error.to_string().contains(SECRET));
+    assert_eq!(
+        error.to_string(),
+        "feed reader failed mid-page; the response was aborted"
+    );
 }
 
 /// Captures what the server logs.
@@ -460,4 +465,147 @@ async fn dropping_the_body_in_process_drops_the_reader() {
         dropped.try_recv().is_ok(),
         "dropping the body dropped the page"
     );
+}
+
+/// A fixed answer (a 400, an empty page, an answer to HEAD) announces its
+/// exact length, so that hyper sends `Content-Length` instead of chunks,
+/// and says when it has nothing more; a page knows neither.
+#[tokio::test]
+async fn fixed_answers_know_their_length_and_their_end() {
+    let empty = FnReader::new(|_: &ReadContext<'_>| Ok(stream::empty().boxed()));
+    let service = FeedService::new(empty, 1);
+    let answer = |uri: &'static str| service.clone().oneshot(request(Method::GET, uri));
+
+    let message = "cursors are missing\n";
+    let rejected = answer("/feed?n=1").await.unwrap();
+    assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
+    let mut body = rejected.into_body();
+    assert_eq!(body.size_hint().exact(), Some(message.len() as u64));
+    assert!(!body.is_end_stream());
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, message);
+    assert!(body.is_end_stream());
+    assert!(body.frame().await.is_none());
+
+    let nothing = answer("/feed?n=1&cursor0=_first").await.unwrap();
+    assert_eq!(nothing.status(), StatusCode::OK);
+    assert_eq!(nothing.body().size_hint().exact(), Some(0));
+    assert!(nothing.body().is_end_stream());
+}
+
+#[tokio::test]
+async fn a_page_knows_neither_its_length_nor_its_end() {
+    let one = FnReader::new(|_: &ReadContext<'_>| {
+        Ok(stream::iter([Ok(event(0, r#"{"a":1}"#)), Ok(checkpoint(0, "1"))]).boxed())
+    });
+    let page = FeedService::new(one, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(page.body().size_hint().exact(), None);
+    assert!(!page.body().is_end_stream());
+    assert!(zeroeventhub::server::FeedBody::<ItemStream>::default().is_end_stream());
+}
+
+/// Over HTTP the exact length is the `Content-Length` of a fixed answer.
+#[tokio::test]
+async fn fixed_answers_are_sent_with_their_length() {
+    let server = LoopbackServer::start(router(FeedService::new(
+        FnReader::new(|_: &ReadContext<'_>| Ok(stream::empty().boxed())),
+        1,
+    )))
+    .await;
+    for (query, length) in [("n=1", "20"), ("n=1&cursor0=_first", "0")] {
+        let response = timeout(LIVENESS, server.get(&client(), query))
+            .await
+            .expect("an answer");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap()),
+            Some(length),
+            "{query}"
+        );
+        assert!(
+            response.headers().get("transfer-encoding").is_none(),
+            "{query}"
+        );
+    }
+}
+
+/// Two events, then the checkpoint covering both, without end.
+fn endless_reader() -> FnReader<impl ReadFn> {
+    FnReader::new(|_: &ReadContext<'_>| {
+        let lines = (0u64..).flat_map(|n| {
+            [
+                Ok(event(0, &data(2 * n))),
+                Ok(event(0, &data(2 * n + 1))),
+                Ok(checkpoint(0, &(2 * n + 1).to_string())),
+            ]
+        });
+        Ok(stream::iter(lines).boxed())
+    })
+}
+
+#[tokio::test]
+async fn a_page_past_its_maximum_duration_ends_cleanly_at_a_checkpoint() {
+    let service =
+        FeedService::new(endless_reader(), 1).max_page_duration(Duration::from_millis(50));
+    let response = service
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    let (received, end) = timeout(LIVENESS, read_to_end(&mut response.into_body()))
+        .await
+        .expect("the endless page ends");
+    end.expect("a clean end");
+    let lines: Vec<&str> = received.lines().collect();
+    assert!(lines.len() >= 3, "{received:?}");
+    assert_eq!(lines.len() % 3, 0, "the page ends at a checkpoint");
+    let events = lines.len() / 3 * 2;
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("{{\"partition\":0,\"cursor\":\"{}\"}}", events - 1).as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_page_span_names_partitions_page_size_and_events_sent() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let reader = FnReader::new(|_: &ReadContext<'_>| {
+        let lines = [
+            Ok(event(1, r#"{"a":1}"#)),
+            Ok(event(1, r#"{"a":2}"#)),
+            Ok(checkpoint(1, "2")),
+        ];
+        Ok(stream::iter(lines).boxed())
+    });
+    let response = FeedService::new(reader, 3)
+        .oneshot(request(
+            Method::GET,
+            "/feed?n=3&cursor1=_first&cursor2=7&pagesizehint=40",
+        ))
+        .await
+        .unwrap();
+    let (_, end) = read_to_end(&mut response.into_body()).await;
+    end.unwrap();
+
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let closed = logged
+        .lines()
+        .find(|line| line.contains("feed_page") && line.contains("close"))
+        .unwrap_or_else(|| panic!("the span closes: {logged}"));
+    for field in ["partitions=[1, 2]", "page_size=40", "events=2"] {
+        assert!(closed.contains(field), "{field} in {closed:?}");
+    }
 }

@@ -7,6 +7,8 @@ use tower::retry::Retry;
 use tower::timeout::Timeout;
 use tower_layer::Layer;
 
+#[cfg(feature = "hyper-client")]
+use super::transport::{HttpTransport, http_transport};
 use super::{Client, RetryPolicy};
 use crate::protocol::{LineDecoder, RawJson};
 
@@ -14,18 +16,6 @@ use crate::protocol::{LineDecoder, RawJson};
 /// layers): tower's retry with [`RetryPolicy`], outside tower's timeout on
 /// the response head, so that each attempt has its own timeout.
 pub type ClientStack<S> = Retry<RetryPolicy, Timeout<S>>;
-
-/// The default transport: hyper-util's pooled HTTP/1 client, able to speak
-/// HTTPS when the `rustls` feature is on.
-#[cfg(feature = "hyper-client")]
-pub type HttpTransport =
-    hyper_util::client::legacy::Client<Connector, http_body_util::Empty<bytes::Bytes>>;
-
-#[cfg(all(feature = "hyper-client", not(feature = "rustls")))]
-type Connector = hyper_util::client::legacy::connect::HttpConnector;
-
-#[cfg(feature = "rustls")]
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// Builds a [`Client`] with the default stack: retry with backoff, a
 /// timeout on each attempt's response head, an idle timeout on the body,
@@ -72,9 +62,13 @@ struct Settings {
     retry: RetryPolicy,
     head_timeout: Duration,
     idle_timeout: Duration,
+    page_timeout: Duration,
     max_line_length: usize,
+    max_buffered_bytes: usize,
     #[cfg(feature = "hyper-client")]
     pool_idle_timeout: Duration,
+    #[cfg(feature = "hyper-client")]
+    http2_prior_knowledge: bool,
 }
 
 impl ClientBuilder {
@@ -87,9 +81,13 @@ impl ClientBuilder {
                 retry: RetryPolicy::new(),
                 head_timeout: Self::DEFAULT_HEAD_TIMEOUT,
                 idle_timeout: Client::<()>::DEFAULT_IDLE_TIMEOUT,
+                page_timeout: Client::<()>::DEFAULT_PAGE_TIMEOUT,
                 max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
+                max_buffered_bytes: Client::<()>::DEFAULT_MAX_BUFFERED_BYTES,
                 #[cfg(feature = "hyper-client")]
                 pool_idle_timeout: Self::DEFAULT_POOL_IDLE_TIMEOUT,
+                #[cfg(feature = "hyper-client")]
+                http2_prior_knowledge: false,
             },
         }
     }
@@ -150,6 +148,24 @@ impl<L> ClientBuilder<L> {
         self
     }
 
+    /// Sets the deadline for a whole page, from sending the request to the
+    /// body's end (default 5 minutes,
+    /// [`Client::DEFAULT_PAGE_TIMEOUT`](Client::DEFAULT_PAGE_TIMEOUT)); see
+    /// [`Client::with_page_timeout`].
+    pub fn page_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.page_timeout = timeout;
+        self
+    }
+
+    /// Sets how many bytes of event lines a page may hold before a
+    /// checkpoint covers them (default 64 MiB,
+    /// [`Client::DEFAULT_MAX_BUFFERED_BYTES`](Client::DEFAULT_MAX_BUFFERED_BYTES));
+    /// see [`Client::with_max_buffered_bytes`].
+    pub fn max_buffered_bytes(mut self, max: usize) -> Self {
+        self.settings.max_buffered_bytes = max;
+        self
+    }
+
     /// Sets the longest line accepted, in bytes (default 4 MiB).
     pub fn max_line_length(mut self, max: usize) -> Self {
         self.settings.max_line_length = max;
@@ -161,6 +177,21 @@ impl<L> ClientBuilder<L> {
     #[cfg(feature = "hyper-client")]
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.settings.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// Makes the default transport speak HTTP/2 only, without asking
+    /// first ("prior knowledge"): for a cleartext (`http://`) feed served
+    /// by an HTTP/2-only server, such as tonic without `accept_http1`.
+    ///
+    /// By default the transport speaks HTTP/1.1 over `http://`; over
+    /// `https://` (feature `rustls`) it offers both with ALPN and speaks
+    /// HTTP/2 when the server picks it. Against an HTTP/2-only server an
+    /// HTTP/1.1 client fails at once with an error that says so
+    /// ([`Error::is_http2_only`](super::Error::is_http2_only)).
+    #[cfg(feature = "hyper-client")]
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.settings.http2_prior_knowledge = true;
         self
     }
 
@@ -189,48 +220,27 @@ impl<L> ClientBuilder<L> {
         );
         Client::new(service, self.settings.url, self.settings.partitions)
             .with_idle_timeout(self.settings.idle_timeout)
+            .with_page_timeout(self.settings.page_timeout)
             .with_max_line_length(self.settings.max_line_length)
+            .with_max_buffered_bytes(self.settings.max_buffered_bytes)
     }
 
-    /// Builds the client over hyper-util's pooled HTTP/1 client (HTTP and,
-    /// with the `rustls` feature, HTTPS with the webpki roots), with
-    /// `TCP_NODELAY` and the pool idle timeout set.
+    /// Builds the client over hyper-util's pooled client (HTTP and, with
+    /// the `rustls` feature, HTTPS with the webpki roots), with
+    /// `TCP_NODELAY` and the pool idle timeout set; HTTP/1.1 unless
+    /// [`http2_prior_knowledge`](Self::http2_prior_knowledge) or ALPN says
+    /// HTTP/2.
     #[cfg(feature = "hyper-client")]
     pub fn build(self) -> Client<ClientStack<L::Service>>
     where
         L: Layer<HttpTransport>,
     {
-        let transport = http_transport(self.settings.pool_idle_timeout);
+        let transport = http_transport(
+            self.settings.pool_idle_timeout,
+            self.settings.http2_prior_knowledge,
+        );
         self.build_with(transport)
     }
-}
-
-#[cfg(feature = "hyper-client")]
-fn http_transport(pool_idle_timeout: Duration) -> HttpTransport {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    #[cfg(feature = "rustls")]
-    let connector = {
-        http.enforce_http(false);
-        hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http)
-    };
-    #[cfg(not(feature = "rustls"))]
-    let connector = http;
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        // hyper grows each connection's read buffer up to about 400 KiB;
-        // 128 KiB reads a page just as fast and keeps many consumers in a
-        // process small.
-        .http1_max_buf_size(128 * 1024)
-        .build(connector)
 }
 
 impl<L> fmt::Debug for ClientBuilder<L> {

@@ -18,8 +18,10 @@ use crate::protocol::error::excerpt as shortened;
 /// |---|---|---|
 /// | [`is_invalid_request`](Self::is_invalid_request) | the request was refused before sending | fix the calling code |
 /// | [`is_connect`](Self::is_connect) | no connection, or it broke before the answer | retry later |
+/// | [`is_http2_only`](Self::is_http2_only) | the server speaks only HTTP/2 | use `http2_prior_knowledge` |
 /// | [`is_request`](Self::is_request) | the transport failed otherwise before an answer | see the cause |
-/// | [`is_timeout`](Self::is_timeout) | no answer in time, or the body went idle | retry later, from the stored cursors |
+/// | [`is_timeout`](Self::is_timeout) | no answer in time, the body went idle, or the page took too long | retry later, from the stored cursors |
+/// | [`is_buffer_limit`](Self::is_buffer_limit) | too many events came without a checkpoint | smaller pages, or a higher limit |
 /// | [`is_status`](Self::is_status) | the feed answered with a non-2xx status | see [`status`](Self::status) |
 /// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
 /// | [`is_decode`](Self::is_decode) | a line breaks the protocol | the feed is broken: report it |
@@ -40,9 +42,12 @@ struct Inner {
 enum Kind {
     InvalidRequest,
     Connect,
+    Http2Only,
     Request,
     HeadTimeout,
     IdleTimeout(Duration),
+    PageTimeout(Duration),
+    BufferLimit(usize),
     Status {
         status: StatusCode,
         retry_after: Option<Duration>,
@@ -70,6 +75,8 @@ impl Error {
     pub(crate) fn transport(error: BoxError) -> Self {
         let kind = if is_elapsed(&*error) {
             Kind::HeadTimeout
+        } else if is_http2_only(&*error) {
+            Kind::Http2Only
         } else if super::retry::is_connection_failure(&*error) {
             Kind::Connect
         } else {
@@ -80,6 +87,14 @@ impl Error {
 
     pub(crate) fn idle_timeout(after: Duration) -> Self {
         Self::new(Kind::IdleTimeout(after), None)
+    }
+
+    pub(crate) fn page_timeout(after: Duration) -> Self {
+        Self::new(Kind::PageTimeout(after), None)
+    }
+
+    pub(crate) fn buffer_limit(limit: usize) -> Self {
+        Self::new(Kind::BufferLimit(limit), None)
     }
 
     pub(crate) fn from_status(
@@ -122,6 +137,15 @@ impl Error {
         matches!(self.inner.kind, Kind::Connect)
     }
 
+    /// Whether the feed's server speaks only HTTP/2 and the client spoke
+    /// HTTP/1.1: build the client with
+    /// [`http2_prior_knowledge`](super::ClientBuilder::http2_prior_knowledge),
+    /// or have the server accept HTTP/1.1 (tonic's `accept_http1`). Told
+    /// by the default transport; never retried.
+    pub fn is_http2_only(&self) -> bool {
+        matches!(self.inner.kind, Kind::Http2Only)
+    }
+
     /// Whether the transport failed for another reason before an answer
     /// (one that is neither a connection failure nor a timeout); the
     /// [`source`](StdError::source) says which.
@@ -129,10 +153,23 @@ impl Error {
         matches!(self.inner.kind, Kind::Request)
     }
 
-    /// Whether the answer's head did not arrive in time, or its body sent
-    /// nothing for longer than the idle timeout.
+    /// Whether the answer's head did not arrive in time, its body sent
+    /// nothing for longer than the idle timeout, or the page did not end
+    /// within the page timeout.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.inner.kind, Kind::HeadTimeout | Kind::IdleTimeout(_))
+        matches!(
+            self.inner.kind,
+            Kind::HeadTimeout | Kind::IdleTimeout(_) | Kind::PageTimeout(_)
+        )
+    }
+
+    /// Whether the page held more event lines not yet covered by a
+    /// checkpoint than the client's limit
+    /// ([`Client::with_max_buffered_bytes`](super::Client::with_max_buffered_bytes)):
+    /// the feed checkpoints too rarely for it. Ask for smaller pages or
+    /// raise the limit; retrying as it is meets the same page.
+    pub fn is_buffer_limit(&self) -> bool {
+        matches!(self.inner.kind, Kind::BufferLimit(_))
     }
 
     /// Whether the feed answered with a status other than 2xx.
@@ -204,6 +241,10 @@ impl fmt::Display for Error {
                 "the connection to the feed failed before it answered; \
                  check the URL and that the feed is up, then retry",
             ),
+            Kind::Http2Only => f.write_str(
+                "the feed's server speaks only HTTP/2 and the client spoke HTTP/1.1; \
+                 build the client with http2_prior_knowledge(), or have the server accept HTTP/1.1",
+            ),
             Kind::Request => {
                 f.write_str("the request to the feed failed before an answer; see the cause")
             }
@@ -214,6 +255,17 @@ impl fmt::Display for Error {
                 f,
                 "the feed sent nothing for {after:?} in the middle of a page; \
                  resume from the last stored cursors"
+            ),
+            Kind::PageTimeout(after) => write!(
+                f,
+                "the page did not end within the page timeout of {after:?}; \
+                 resume from the last stored cursors"
+            ),
+            Kind::BufferLimit(limit) => write!(
+                f,
+                "the page held more than {limit} bytes of events that no checkpoint \
+                 covered yet; ask for smaller pages, or raise the client's \
+                 max_buffered_bytes"
             ),
             Kind::Status {
                 status,
@@ -271,6 +323,17 @@ impl StdError for Error {
             .as_ref()
             .map(|source| &**source as &(dyn StdError + 'static))
     }
+}
+
+/// Whether the default transport found an HTTP/2-only server.
+fn is_http2_only(error: &(dyn StdError + 'static)) -> bool {
+    #[cfg(feature = "hyper-client")]
+    return super::transport::is_http2_only(error);
+    #[cfg(not(feature = "hyper-client"))]
+    return {
+        let _ = error;
+        false
+    };
 }
 
 /// Whether `error` or one of its causes is tower's timeout.

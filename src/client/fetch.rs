@@ -11,8 +11,10 @@ use http::{Request, Uri, header};
 use http_body::Body;
 use http_body_util::Empty;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use super::retry::retry_after;
+use super::stream::Limits;
 use super::{ClientBuilder, Error, FeedStream, HttpService, Page};
 use crate::protocol::query::decode;
 use crate::protocol::{FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError};
@@ -34,7 +36,9 @@ pub struct Client<S> {
     kept_query: String,
     partitions: u32,
     idle_timeout: Duration,
+    page_timeout: Duration,
     max_line_length: usize,
+    max_buffered_bytes: usize,
 }
 
 impl Client<()> {
@@ -48,6 +52,14 @@ impl Client<()> {
 impl<S> Client<S> {
     /// The default idle timeout of a body: 30 s.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// The default deadline for a whole page, from sending the request to
+    /// the body's end: 5 minutes.
+    pub const DEFAULT_PAGE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+    /// The default limit on the event lines a page may hold before a
+    /// checkpoint covers them: 64 MiB.
+    pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
     /// A client of the feed at `url` with `partitions` partitions, sending
     /// its requests through `service` as it is: no retry and no timeout on
@@ -66,15 +78,40 @@ impl<S> Client<S> {
             kept_query,
             partitions,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            page_timeout: Self::DEFAULT_PAGE_TIMEOUT,
             max_line_length: LineDecoder::<RawJson>::DEFAULT_MAX_LINE_LENGTH,
+            max_buffered_bytes: Self::DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 
     /// Sets how long a body may send nothing before the page fails with a
     /// timeout. Anything beyond a year (`Duration::MAX`, say) means a year.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
-        const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-        self.idle_timeout = timeout.min(YEAR);
+        self.idle_timeout = timeout.min(LONGEST_TIMEOUT);
+        self
+    }
+
+    /// Sets the deadline for a whole page, from sending the request to the
+    /// body's end (default [`DEFAULT_PAGE_TIMEOUT`](Self::DEFAULT_PAGE_TIMEOUT)):
+    /// past it the page fails with a timeout, however steadily the feed
+    /// sends. It bounds a feed that drips a byte now and then, which the
+    /// idle timeout does not. Anything beyond a year means a year.
+    pub fn with_page_timeout(mut self, timeout: Duration) -> Self {
+        self.page_timeout = timeout.min(LONGEST_TIMEOUT);
+        self
+    }
+
+    /// Sets how many bytes of event lines a page may hold before a
+    /// checkpoint of their partition covers them (default
+    /// [`DEFAULT_MAX_BUFFERED_BYTES`](Self::DEFAULT_MAX_BUFFERED_BYTES)).
+    ///
+    /// A consumer holds such events until their checkpoint comes (a
+    /// [`Page`] does, and so must anyone who commits exactly once), so a
+    /// feed that sends events and no checkpoint would grow it without
+    /// bound. Past the limit, the page fails with an error for which
+    /// [`Error::is_buffer_limit`] is true.
+    pub fn with_max_buffered_bytes(mut self, max: usize) -> Self {
+        self.max_buffered_bytes = max;
         self
     }
 
@@ -82,6 +119,17 @@ impl<S> Client<S> {
     pub fn with_max_line_length(mut self, max: usize) -> Self {
         self.max_line_length = max;
         self
+    }
+
+    /// The deadline for a whole page, as configured.
+    pub fn page_timeout(&self) -> Duration {
+        self.page_timeout
+    }
+
+    /// The limit on event lines not yet covered by a checkpoint, in bytes,
+    /// as configured.
+    pub fn max_buffered_bytes(&self) -> usize {
+        self.max_buffered_bytes
     }
 
     /// The feed's URL, as configured.
@@ -172,14 +220,19 @@ impl<S: HttpService + Clone> Client<S> {
             header::HeaderValue::from_static("application/x-ndjson"),
         );
 
+        let deadline = self.deadline_for(request);
         let mut service = self.service.clone();
-        poll_fn(|cx| service.poll_ready(cx))
-            .await
-            .map_err(|error| Error::transport(error.into()))?;
-        let response = service
-            .call(http_request)
-            .await
-            .map_err(|error| Error::transport(error.into()))?;
+        let response = tokio::time::timeout_at(deadline, async {
+            poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .map_err(|error| Error::transport(error.into()))?;
+            service
+                .call(http_request)
+                .await
+                .map_err(|error| Error::transport(error.into()))
+        })
+        .await
+        .map_err(|_| Error::page_timeout(self.page_timeout))??;
 
         let (head, body) = response.into_parts();
         if !head.status.is_success() {
@@ -199,7 +252,21 @@ impl<S: HttpService + Clone> Client<S> {
             }
         }
         let decoder = LineDecoder::for_request(request).with_max_line_length(self.max_line_length);
-        Ok(FeedStream::new(body, decoder, self.idle_timeout))
+        Ok(FeedStream::new(
+            body,
+            decoder,
+            Limits {
+                idle_timeout: self.idle_timeout,
+                deadline,
+                page_timeout: self.page_timeout,
+                max_buffered_bytes: self.max_buffered_bytes,
+            },
+        ))
+    }
+
+    /// When the page that answers `request` must have ended.
+    fn deadline_for(&self, _request: &FeedRequest) -> Instant {
+        Instant::now() + self.page_timeout
     }
 
     /// Fetches a whole page and sorts it into what may be committed and
@@ -230,10 +297,16 @@ impl<S> fmt::Debug for Client<S> {
             .field("url", &self.url)
             .field("partitions", &self.partitions)
             .field("idle_timeout", &self.idle_timeout)
+            .field("page_timeout", &self.page_timeout)
             .field("max_line_length", &self.max_line_length)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .finish_non_exhaustive()
     }
 }
+
+/// The longest timeout taken as it is: beyond, timer arithmetic could
+/// overflow.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The pairs of a URL's query that are not the protocol's, as they are
 /// (keys compared once percent-decoded).

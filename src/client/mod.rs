@@ -105,9 +105,9 @@ mod page;
 pub(crate) mod retry;
 mod service;
 mod stream;
-
 #[cfg(feature = "hyper-client")]
-pub use builder::HttpTransport;
+mod transport;
+
 pub use builder::{ClientBuilder, ClientStack};
 pub use error::Error;
 pub use fetch::Client;
@@ -115,3 +115,5 @@ pub use page::Page;
 pub use retry::RetryPolicy;
 pub use service::HttpService;
 pub use stream::FeedStream;
+#[cfg(feature = "hyper-client")]
+pub use transport::{Checked, HttpTransport, HttpVersionCheck};

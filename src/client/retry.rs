@@ -202,6 +202,11 @@ pub(crate) fn causes<'a>(
 /// Whether the connection failed before the answer's head: safe to retry
 /// for an idempotent GET, since the feed cannot have answered.
 pub(crate) fn is_connection_failure(error: &(dyn StdError + 'static)) -> bool {
+    // Another attempt would meet the same server.
+    #[cfg(feature = "hyper-client")]
+    if super::transport::is_http2_only(error) {
+        return false;
+    }
     causes(error).any(|cause| {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;

@@ -36,11 +36,25 @@ pub struct FeedStream<B, D = RawJson> {
     body: Pin<Box<B>>,
     buf: BytesMut,
     decoder: LineDecoder<D>,
-    idle: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
-    // Whether `idle` is armed for the current wait for the body.
+    /// Fires at the idle timeout or the page's deadline, whichever is first.
+    timer: Pin<Box<Sleep>>,
+    limits: Limits,
+    // Whether `timer` is armed for the current wait for the body.
     waiting: bool,
+    /// Bytes of event lines not yet covered by a checkpoint, for each
+    /// requested partition (in the decoder's order), and their sum.
+    uncovered: Vec<usize>,
+    buffered: usize,
     state: State,
+}
+
+/// What bounds a page in time and memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) deadline: Instant,
+    pub(crate) page_timeout: Duration,
+    pub(crate) max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +65,39 @@ enum State {
 }
 
 impl<B, D> FeedStream<B, D> {
-    pub(crate) fn new(body: B, decoder: LineDecoder<D>, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(body: B, decoder: LineDecoder<D>, limits: Limits) -> Self {
         FeedStream {
             body: Box::pin(body),
             buf: BytesMut::new(),
+            uncovered: vec![0; decoder.partitions().len()],
             decoder,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            idle_timeout,
+            timer: Box::pin(tokio::time::sleep_until(limits.deadline)),
+            limits,
             waiting: false,
+            buffered: 0,
             state: State::Reading,
         }
+    }
+
+    /// Counts what a line of `consumed` bytes adds to or takes from the
+    /// bytes not yet covered by a checkpoint; an error past the limit.
+    fn account<T>(&mut self, item: &FeedItem<T>, consumed: usize) -> Result<(), Error> {
+        let Ok(slot) = self.decoder.partitions().binary_search(&item.partition()) else {
+            return Ok(());
+        };
+        match item {
+            FeedItem::Event(_) => {
+                self.uncovered[slot] += consumed;
+                self.buffered += consumed;
+                if self.buffered > self.limits.max_buffered_bytes {
+                    return Err(Error::buffer_limit(self.limits.max_buffered_bytes));
+                }
+            }
+            FeedItem::Checkpoint(_) => {
+                self.buffered -= std::mem::take(&mut self.uncovered[slot]);
+            }
+        }
+        Ok(())
     }
 
     /// How many lines were read so far, skipped ones included.
@@ -79,6 +116,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            let before = this.buf.len();
             let decoded = match &this.state {
                 State::Done => return Poll::Ready(None),
                 State::Reading => this.decoder.decode(&mut this.buf),
@@ -91,10 +129,14 @@ where
                 },
             };
             if let Some(item) = decoded {
+                let consumed = before - this.buf.len();
+                let item = item
+                    .map_err(Error::decode)
+                    .and_then(|item| this.account(&item, consumed).map(|()| item));
                 if item.is_err() {
                     this.state = State::Done;
                 }
-                return Poll::Ready(Some(item.map_err(Error::decode)));
+                return Poll::Ready(Some(item));
             }
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -109,16 +151,23 @@ where
                 }
                 Poll::Ready(None) => this.state = State::BodyEnded,
                 Poll::Pending => {
+                    let limits = &this.limits;
                     if !this.waiting {
                         // Armed once per wait rather than reset on every
                         // frame: a timer update per frame would cost more
                         // than decoding it.
-                        this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                        let idle_end = Instant::now() + limits.idle_timeout;
+                        this.timer.as_mut().reset(idle_end.min(limits.deadline));
                         this.waiting = true;
                     }
-                    ready!(this.idle.as_mut().poll(cx));
+                    ready!(this.timer.as_mut().poll(cx));
                     this.state = State::Done;
-                    return Poll::Ready(Some(Err(Error::idle_timeout(this.idle_timeout))));
+                    let error = if Instant::now() >= limits.deadline {
+                        Error::page_timeout(limits.page_timeout)
+                    } else {
+                        Error::idle_timeout(limits.idle_timeout)
+                    };
+                    return Poll::Ready(Some(Err(error)));
                 }
             }
         }
@@ -130,7 +179,8 @@ impl<B, D> fmt::Debug for FeedStream<B, D> {
         f.debug_struct("FeedStream")
             .field("decoder", &self.decoder)
             .field("buffered", &self.buf.len())
-            .field("idle_timeout", &self.idle_timeout)
+            .field("limits", &self.limits)
+            .field("uncovered", &self.buffered)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }

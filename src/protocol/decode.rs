@@ -110,6 +110,11 @@ impl<D> LineDecoder<D> {
     pub fn lines(&self) -> u64 {
         self.lines
     }
+
+    /// The requested partitions, sorted and unique.
+    pub fn partitions(&self) -> &[u32] {
+        &self.partitions
+    }
 }
 
 impl<D: DeserializeOwned + 'static> LineDecoder<D> {

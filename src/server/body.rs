@@ -1,6 +1,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -12,6 +13,10 @@ use crate::protocol::{FeedItem, LineEncoder};
 /// Bytes gathered before a frame is handed to the connection. Large enough
 /// that a page costs few writes, small enough that memory stays flat.
 const FRAME_SIZE: usize = 64 * 1024;
+
+/// Room for a full frame and the line that crosses its end, so that most
+/// frames are cut from the buffer without a reallocation.
+const BUFFER_CAPACITY: usize = 72 * 1024;
 
 /// The response body of [`FeedService`](super::FeedService): a fixed message,
 /// or a page streamed from a [`FeedReader`](super::FeedReader) as NDJSON.
@@ -45,6 +50,23 @@ struct Page<S> {
     /// it flush what it has.
     pause: bool,
     failed: bool,
+    /// When the page should end at its next checkpoint.
+    deadline: Option<Instant>,
+    /// Set once the deadline has passed: the next checkpoint ends the page.
+    ending: bool,
+    /// Whether an event was sent after the last checkpoint.
+    uncovered: bool,
+    events: u64,
+    /// The request's span: entered while pulling from the reader, and told
+    /// how many events were sent when the page ends.
+    span: tracing::Span,
+}
+
+/// How a page is to be streamed.
+pub(crate) struct PageSettings {
+    /// The page ends at the first checkpoint after this moment.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) span: tracing::Span,
 }
 
 impl<S> FeedBody<S> {
@@ -60,18 +82,39 @@ impl<S> FeedBody<S> {
         }
     }
 
-    /// A page whose first item was already read (and is in `buffer`).
-    pub(crate) fn page(stream: Pin<Box<S>>, encoder: LineEncoder, buffer: BytesMut) -> Self {
+    /// A page whose `first` item was already read from `stream`.
+    pub(crate) fn page(
+        stream: Pin<Box<S>>,
+        encoder: LineEncoder,
+        first: &FeedItem,
+        settings: PageSettings,
+    ) -> Self {
+        let mut page = Page {
+            stream: Some(stream),
+            encoder,
+            buffer: BytesMut::with_capacity(BUFFER_CAPACITY),
+            first_line_sent: false,
+            pause: false,
+            failed: false,
+            deadline: settings.deadline,
+            ending: false,
+            uncovered: false,
+            events: 0,
+            span: settings.span,
+        };
+        page.encode(first);
         FeedBody {
-            kind: Kind::Page(Page {
-                stream: Some(stream),
-                encoder,
-                buffer,
-                first_line_sent: false,
-                pause: false,
-                failed: false,
-            }),
+            kind: Kind::Page(page),
         }
+    }
+}
+
+/// An empty body, for layers that answer on their own (tower-http's
+/// timeout, authorization and CORS layers build their responses with
+/// `Default`).
+impl<S> Default for FeedBody<S> {
+    fn default() -> Self {
+        FeedBody::empty()
     }
 }
 
@@ -122,11 +165,32 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        self.poll_lines(cx)
+    }
+
+    fn poll_lines(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
         if std::mem::take(&mut self.pause) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if !self.first_line_sent && !self.buffer.is_empty() {
+        // The clock is read once a frame, not once a line.
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            self.deadline = None;
+            self.ending = true;
+            if !self.uncovered {
+                self.end_at_deadline();
+            }
+        }
+        // The page's first item is in the buffer from the start.
+        if !self.first_line_sent {
             self.first_line_sent = true;
             self.pause = true;
             return self.flush();
@@ -151,7 +215,12 @@ where
                 poll => ready!(poll),
             };
             match next {
-                Some(Ok(item)) => self.encoder.encode(&item, &mut self.buffer),
+                Some(Ok(item)) => {
+                    self.encode(&item);
+                    if self.ending && !self.uncovered {
+                        self.end_at_deadline();
+                    }
+                }
                 Some(Err(error)) => {
                     tracing::error!(%error, "feed reader failed mid-page; aborting the response");
                     self.failed = true;
@@ -166,6 +235,31 @@ where
 
     fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {
         Poll::Ready(Some(Ok(Frame::data(self.buffer.split().freeze()))))
+    }
+}
+
+impl<S> Page<S> {
+    fn encode(&mut self, item: &FeedItem) {
+        self.encoder.encode(item, &mut self.buffer);
+        self.uncovered = matches!(item, FeedItem::Event(_));
+        self.events += u64::from(self.uncovered);
+    }
+
+    /// Ends the page after what is buffered, which ends with a checkpoint
+    /// (or has no event): a shorter page is always a valid one.
+    fn end_at_deadline(&mut self) {
+        if self.stream.take().is_some() {
+            tracing::debug!("page reached its maximum duration; ending it at a checkpoint");
+        }
+    }
+}
+
+impl<S> Drop for Page<S> {
+    fn drop(&mut self) {
+        // Whether the page ended, failed or its consumer went away: what
+        // was handed to the connection.
+        self.span.record("events", self.events);
+        tracing::debug!(parent: &self.span, events = self.events, "page done");
     }
 }
 

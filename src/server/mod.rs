@@ -9,9 +9,13 @@
 mod body;
 mod memory;
 mod reader;
+#[cfg(feature = "serve")]
+mod serve;
 mod service;
 
 pub use body::{FeedBody, FeedBodyError};
 pub use memory::{MemoryFeed, MemoryPage, UnknownPartition};
 pub use reader::{FeedReader, ReadContext, ReadError};
+#[cfg(feature = "serve")]
+pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};

@@ -5,10 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use std::time::{Duration, Instant};
 
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tracing::Instrument;
+
+use super::body::PageSettings;
 use super::{FeedBody, FeedReader, ReadContext, ReadError};
 use crate::protocol::{FeedRequest, LineEncoder, RequestError};
 
@@ -18,13 +22,21 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 /// A feed as a [`tower::Service`](tower_service::Service): parses the query's
 /// cursors, calls the [`FeedReader`] and streams its page as NDJSON.
 ///
-/// - `GET` (and `HEAD`, which checks the query but reads nothing) are served;
-///   other methods get `405` with `Allow`.
+/// - `GET` and `HEAD` are served; other methods get `405` with `Allow`.
+///   `HEAD` is answered as `GET` would be, through the reader (a cursor the
+///   reader refuses is a `400` on both), but never with a body.
 /// - An invalid query gets `400 text/plain` with one line naming the
 ///   parameter and the reason ([`RequestError`]), as does a cursor the reader
 ///   reports as [`ReadError::UnknownCursor`].
 /// - A reader error before the first line gets a generic `500`; after it,
 ///   the body fails so that the connection is aborted (see [`FeedBody`]).
+/// - A page ends at its first checkpoint after
+///   [`max_page_duration`](FeedService::max_page_duration), so that a reader
+///   (a database query and its snapshot) is not held for long by a slow
+///   consumer.
+/// - Each response runs in a `feed_page` span (at debug level) naming the
+///   partitions read and the page size aimed at; it records the number of
+///   events sent when the page ends.
 ///
 /// The service is always ready, cheap to clone, and never fails
 /// (`Error = Infallible`), so it mounts directly with axum's
@@ -49,6 +61,7 @@ struct Config {
     partition_count: u32,
     default_page_size: usize,
     max_page_size: usize,
+    max_page_duration: Duration,
 }
 
 impl<R: FeedReader> FeedService<R> {
@@ -58,6 +71,9 @@ impl<R: FeedReader> FeedService<R> {
     /// The default largest page a consumer can ask for.
     pub const DEFAULT_MAX_PAGE_SIZE: usize = 100_000;
 
+    /// The default time after which a page ends at its next checkpoint.
+    pub const DEFAULT_MAX_PAGE_DURATION: Duration = Duration::from_secs(60);
+
     /// A feed of `partition_count` partitions served from `reader`.
     pub fn new(reader: R, partition_count: u32) -> Self {
         FeedService {
@@ -66,6 +82,7 @@ impl<R: FeedReader> FeedService<R> {
                 partition_count,
                 default_page_size: Self::DEFAULT_PAGE_SIZE,
                 max_page_size: Self::DEFAULT_MAX_PAGE_SIZE,
+                max_page_duration: Self::DEFAULT_MAX_PAGE_DURATION,
             },
         }
     }
@@ -84,6 +101,16 @@ impl<R: FeedReader> FeedService<R> {
         self.config.max_page_size = size.max(1);
         self.config.default_page_size =
             self.config.default_page_size.min(self.config.max_page_size);
+        self
+    }
+
+    /// Sets how long a page may stream: past it, the page ends cleanly at
+    /// its next checkpoint (a shorter page is always valid; the consumer asks
+    /// again from there). The clock is looked at whenever the page moves on,
+    /// so a reader that produces nothing is not cut short by it.
+    /// `Duration::MAX` lets pages run as long as their reader.
+    pub fn max_page_duration(mut self, duration: Duration) -> Self {
+        self.config.max_page_duration = duration;
         self
     }
 
@@ -113,6 +140,7 @@ impl<R> fmt::Debug for FeedService<R> {
             .field("partition_count", &self.config.partition_count)
             .field("default_page_size", &self.config.default_page_size)
             .field("max_page_size", &self.config.max_page_size)
+            .field("max_page_duration", &self.config.max_page_duration)
             .finish_non_exhaustive()
     }
 }
@@ -134,38 +162,56 @@ where
         if method != Method::GET && method != Method::HEAD {
             return ResponseFuture::ready(method_not_allowed(&method));
         }
+        // HEAD takes GET's whole path, reader included, so that both give
+        // the same status; only the body is left out.
+        let head = method == Method::HEAD;
         let query = request.uri().query().unwrap_or("");
         let feed_request = match FeedRequest::parse(query, Some(self.config.partition_count)) {
             Ok(feed_request) => feed_request,
-            Err(error) => return ResponseFuture::ready(bad_request(&error)),
+            Err(error) => return ResponseFuture::ready(without_body_if(head, bad_request(&error))),
         };
-        if method == Method::HEAD {
-            return ResponseFuture::ready(page_response(FeedBody::empty()));
-        }
         let page_size = feed_request
             .page_size_hint()
             .map_or(self.config.default_page_size, |hint| {
                 (hint as usize).min(self.config.max_page_size)
             });
+        let span = tracing::debug_span!(
+            "feed_page",
+            partitions = ?feed_request.cursors().iter().map(|(partition, _)| partition).collect::<Vec<_>>(),
+            page_size,
+            events = tracing::field::Empty,
+        );
         let reader = Arc::clone(&self.reader);
+        let max_page_duration = self.config.max_page_duration;
         let extensions = request.into_parts().0.extensions;
+        let respond = async move {
+            let context = ReadContext::new(&feed_request, page_size, &extensions);
+            let encoder = LineEncoder::new(feed_request.headers().clone());
+            let response = match reader.read(context).await {
+                Ok(stream) => {
+                    let settings = PageSettings {
+                        deadline: Instant::now().checked_add(max_page_duration),
+                        span: tracing::Span::current(),
+                    };
+                    first_lines(stream, encoder, settings).await
+                }
+                Err(error) => Err(error),
+            };
+            Ok(without_body_if(head, response.unwrap_or_else(read_error)))
+        };
         ResponseFuture {
-            inner: Box::pin(async move {
-                let context = ReadContext::new(&feed_request, page_size, &extensions);
-                let encoder = LineEncoder::new(feed_request.headers().clone());
-                let response = match reader.read(context).await {
-                    Ok(stream) => first_lines(stream, encoder).await,
-                    Err(error) => Err(error),
-                };
-                Ok(response.unwrap_or_else(read_error))
-            }),
+            inner: Box::pin(respond.instrument(span)),
         }
     }
 }
 
 /// Reads the page's first item before answering, so that a reader that
 /// fails at once gets a proper status instead of a broken `200`.
-async fn first_lines<S>(stream: S, encoder: LineEncoder) -> Result<Response<FeedBody<S>>, ReadError>
+async fn first_lines<S>(
+    stream: S,
+    encoder: LineEncoder,
+    settings: PageSettings,
+) -> Result<Response<FeedBody<S>>, ReadError>
 where
     S: futures_core::Stream<Item = Result<crate::protocol::FeedItem, ReadError>>,
 {
@@ -174,13 +220,28 @@ where
     let body = match first {
         None => FeedBody::empty(),
         Some(Err(error)) => return Err(error),
-        Some(Ok(item)) => {
-            let mut buffer = BytesMut::with_capacity(72 * 1024);
-            encoder.encode(&item, &mut buffer);
-            FeedBody::page(stream, encoder, buffer)
-        }
+        Some(Ok(item)) => FeedBody::page(stream, encoder, &item, settings),
     };
     Ok(page_response(body))
+}
+
+/// Drops the body of an answer to `HEAD` (and with it the page's reader),
+/// keeping the length a `GET` would have announced.
+fn without_body_if<S>(head: bool, response: Response<FeedBody<S>>) -> Response<FeedBody<S>>
+where
+    S: futures_core::Stream<Item = Result<crate::protocol::FeedItem, ReadError>>,
+{
+    if !head {
+        return response;
+    }
+    let length = response.body().size_hint().exact();
+    let mut response = response.map(|_| FeedBody::empty());
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
 }
 
 fn page_response<S>(body: FeedBody<S>) -> Response<FeedBody<S>> {

@@ -4,6 +4,7 @@
 // Each test binary compiles this module and uses only its own part of it.
 #![allow(dead_code, unused_imports)]
 
+pub(crate) mod auth;
 pub(crate) mod database;
 pub(crate) mod faults;
 pub(crate) mod readers;
