@@ -18,6 +18,9 @@
 //!   the publisher writes in its own transactions.
 //! - `client`: a consumer over any HTTP `tower::Service`, with retry and
 //!   timeouts, pages that tell apart what is safe to commit, and typed errors.
+//! - `consumer`: the consumer runtime over the client: your handler gets
+//!   each page's events in a transaction of your database that also stores
+//!   the cursors, with cursor stores in memory, SQLite and PostgreSQL.
 //!
 //! # A feed and a consumer in a few lines
 //!
@@ -91,6 +94,9 @@ pub mod server;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "client")]
+pub mod consumer;
 
 pub mod workload;
 

@@ -2,7 +2,6 @@
 //! in-memory transport.
 #![cfg(all(feature = "client", feature = "server"))]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures_util::TryStreamExt;
 use futures_util::stream;
 use http::{Request, StatusCode};
-use zeroeventhub::BoxError;
-use zeroeventhub::client::{Client, EventReceiver};
+use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{
     Checkpoint, Cursor, Event, FeedItem, FeedRequest, HeaderSelection, InvalidCursor, RawJson,
     RequestError,
@@ -118,93 +116,6 @@ async fn streaming_fetch_yields_lines_in_order_with_headers() {
             .filter(|item| matches!(item, FeedItem::Checkpoint(_)))
             .count(),
         5
-    );
-}
-
-/// A consumer as the reference clients have them: events kept until a
-/// checkpoint of their partition, then stored with its cursor.
-#[derive(Default)]
-struct Consumer {
-    pending: HashMap<u32, Vec<Event>>,
-    stored: Vec<Event>,
-    cursors: HashMap<u32, Cursor>,
-}
-
-impl EventReceiver for Consumer {
-    type Error = Infallible;
-
-    async fn event(&mut self, event: Event) -> Result<(), Infallible> {
-        self.pending.entry(event.partition).or_default().push(event);
-        Ok(())
-    }
-
-    async fn checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), Infallible> {
-        let events = self
-            .pending
-            .remove(&checkpoint.partition)
-            .unwrap_or_default();
-        self.stored.extend(events);
-        self.cursors.insert(checkpoint.partition, checkpoint.cursor);
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn fetch_into_hands_every_line_to_the_receiver() {
-    let feed = numbered_feed(&[40, 25]);
-    let client =
-        Client::builder("http://feed.test/events".parse().unwrap(), 2).build_with(feed.service());
-    let mut consumer = Consumer::default();
-    loop {
-        let request = FeedRequest::new(
-            2,
-            (0..2).map(|p| {
-                (
-                    p,
-                    consumer
-                        .cursors
-                        .get(&p)
-                        .cloned()
-                        .unwrap_or_else(Cursor::first),
-                )
-            }),
-        )
-        .unwrap()
-        .with_page_size_hint(10);
-        let before = consumer.stored.len();
-        client.fetch_into(&request, &mut consumer).await.unwrap();
-        consumer.pending.clear();
-        if consumer.stored.len() == before {
-            break;
-        }
-    }
-    assert_eq!(consumer.stored.len(), 65);
-    assert_eq!(consumer.cursors[&0].as_str(), "39");
-    assert_eq!(consumer.cursors[&1].as_str(), "24");
-}
-
-#[tokio::test]
-async fn a_failing_receiver_ends_the_page_with_its_error() {
-    struct Refuses;
-    impl EventReceiver for Refuses {
-        type Error = BoxError;
-        async fn event(&mut self, _: Event) -> Result<(), BoxError> {
-            Err("disk full".into())
-        }
-        async fn checkpoint(&mut self, _: Checkpoint) -> Result<(), BoxError> {
-            Ok(())
-        }
-    }
-    let feed = numbered_feed(&[3]);
-    let client = Client::new(feed.service(), "http://feed.test/".parse().unwrap(), 1);
-    let error = client
-        .fetch_into(&first_cursors(1), &mut Refuses)
-        .await
-        .unwrap_err();
-    assert!(error.is_receiver());
-    assert_eq!(
-        std::error::Error::source(&error).unwrap().to_string(),
-        "disk full"
     );
 }
 

@@ -27,7 +27,6 @@ use crate::protocol::{DecodeError, DecodeErrorKind, Event, RawJson};
 /// | [`is_truncated`](Self::is_truncated) | the body broke off before its end | resume from the stored cursors |
 /// | [`is_decode`](Self::is_decode) | a line breaks the protocol | the feed is broken: report it |
 /// | [`is_invalid_data`](Self::is_invalid_data) | an event does not fit the consumer's type | set it aside, or read raw |
-/// | [`is_receiver`](Self::is_receiver) | the [`EventReceiver`](super::EventReceiver) failed | see its error |
 ///
 /// [`is_retryable`](Self::is_retryable) sums the table up for a consumer
 /// loop. `Display` names the feed (scheme, host and path: never the query
@@ -71,7 +70,6 @@ enum Kind {
     },
     Encoded(String),
     Truncated,
-    Receiver,
 }
 
 impl Error {
@@ -153,10 +151,6 @@ impl Error {
 
     pub(crate) fn truncated(error: BoxError) -> Self {
         Self::new(Kind::Truncated, Some(error))
-    }
-
-    pub(crate) fn receiver(error: BoxError) -> Self {
-        Self::new(Kind::Receiver, Some(error))
     }
 
     /// Whether the request was refused before sending: it breaks a rule of
@@ -306,8 +300,7 @@ impl Error {
             | Kind::BufferLimit(_)
             | Kind::Decode { .. }
             | Kind::InvalidData { .. }
-            | Kind::Encoded(_)
-            | Kind::Receiver => false,
+            | Kind::Encoded(_) => false,
         }
     }
 
@@ -315,12 +308,6 @@ impl Error {
     /// closed or reset, length not met, chunked framing cut).
     pub fn is_truncated(&self) -> bool {
         matches!(self.inner.kind, Kind::Truncated)
-    }
-
-    /// Whether the [`EventReceiver`](super::EventReceiver) returned an
-    /// error; the source is that error.
-    pub fn is_receiver(&self) -> bool {
-        matches!(self.inner.kind, Kind::Receiver)
     }
 }
 
@@ -414,7 +401,6 @@ impl Error {
             Kind::Truncated => f.write_str(
                 "the feed's answer broke off before its end; resume from the last stored cursors",
             ),
-            Kind::Receiver => f.write_str("the event receiver failed"),
         }
     }
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::retry::retry_after;
 use super::stream::Limits;
-use super::{ClientBuilder, Error, EventReceiver, FeedStream, HttpService, Page};
+use super::{ClientBuilder, Error, FeedStream, HttpService, Page};
 use crate::protocol::query::decode;
 use crate::protocol::{
     Cursor, FeedItem, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError,
@@ -337,31 +337,6 @@ impl<S: HttpService + Clone> Client<S> {
             items.push(item?);
         }
         Ok(Page::new(request, items))
-    }
-
-    /// Fetches a page and hands each line to `receiver` as it arrives.
-    ///
-    /// Returns when the page ended cleanly, or with the first error of the
-    /// transport, the page or the receiver; the lines before it were
-    /// handed over. See [`EventReceiver`] for consuming exactly once.
-    pub async fn fetch_into<D, R>(
-        &self,
-        request: &FeedRequest,
-        receiver: &mut R,
-    ) -> Result<(), Error>
-    where
-        D: DeserializeOwned + 'static,
-        R: EventReceiver<D>,
-    {
-        let mut stream = self.fetch_as::<D>(request).await?;
-        while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
-            let delivered = match item? {
-                FeedItem::Event(event) => receiver.event(event).await,
-                FeedItem::Checkpoint(checkpoint) => receiver.checkpoint(checkpoint).await,
-            };
-            delivered.map_err(|error| Error::receiver(error.into()).at(&self.feed))?;
-        }
-        Ok(())
     }
 }
 

@@ -14,8 +14,9 @@
 //!   and a line length limit, and a body that breaks off is an error, never
 //!   a short page.
 //! - [`Client::fetch_page`] gives a [`Page`]: the events safe to commit,
-//!   those that are not, and the next cursors. [`Client::fetch_into`] hands
-//!   lines to an [`EventReceiver`] instead.
+//!   those that are not, and the next cursors. To consume a feed into a
+//!   database, the [`consumer`](crate::consumer) runtime runs this loop
+//!   for you, with the transaction, retries and shutdown.
 //! - [`Error`] tells apart what to retry from what is broken.
 //!
 //! Retries happen only before the first line is handed out: tower's retry
@@ -101,8 +102,7 @@ mod builder;
 mod error;
 mod fetch;
 mod page;
-mod receiver;
-mod retry;
+pub(crate) mod retry;
 mod service;
 mod stream;
 #[cfg(feature = "hyper-client")]
@@ -112,7 +112,6 @@ pub use builder::{ClientBuilder, ClientStack};
 pub use error::Error;
 pub use fetch::Client;
 pub use page::Page;
-pub use receiver::EventReceiver;
 pub use retry::RetryPolicy;
 pub use service::{HttpRequest, HttpService};
 pub use stream::FeedStream;

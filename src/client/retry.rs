@@ -112,17 +112,7 @@ impl RetryPolicy {
 
     /// The delay before the next retry, `attempts` having failed.
     fn backoff(&self) -> Duration {
-        let doublings = self.attempts.saturating_sub(1).min(31);
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1 << doublings)
-            .min(self.backoff_max);
-        // "Equal jitter": half fixed, half random, so that clients that
-        // failed together do not retry together, yet never hammer at once.
-        let half = ceiling / 2;
-        let half_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let random = jitter(self.attempts) % half_nanos.saturating_add(1);
-        half.saturating_add(Duration::from_nanos(random))
+        backoff(self.backoff_base, self.backoff_max, self.attempts)
     }
 
     /// The delay the answer asks for, if it is retryable; `None` when it
@@ -188,6 +178,20 @@ impl<B> Policy<Request<Empty<Bytes>>, Response<B>, BoxError> for RetryPolicy {
         *clone.extensions_mut() = request.extensions().clone();
         Some(clone)
     }
+}
+
+/// The delay before retrying after `failures` failures in a row (at least
+/// 1): about `base * 2^(failures-1)`, at most `max`, with jitter taking it
+/// down to as little as half.
+pub(crate) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    let ceiling = base.saturating_mul(1 << doublings).min(max);
+    // "Equal jitter": half fixed, half random, so that clients that failed
+    // together do not retry together, yet never hammer at once.
+    let half = ceiling / 2;
+    let half_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    let random = jitter(failures) % half_nanos.saturating_add(1);
+    half.saturating_add(Duration::from_nanos(random))
 }
 
 /// A pseudo-random number for jitter, without a dependency: std's

@@ -11,5 +11,6 @@ pub(crate) mod database;
     any(feature = "postgres", feature = "sqlite")
 ))]
 pub(crate) mod outbox;
+pub(crate) mod faults;
 pub(crate) mod readers;
 pub(crate) mod transport;

@@ -1,0 +1,407 @@
+//! Where a consumer keeps its cursors: in the database of its own effects,
+//! so that both commit together.
+//!
+//! A [`CursorStore`] gives the runtime transactions of its database, loads
+//! and compare-and-sets cursors in them, records dead letters, and says
+//! which partitions this instance owns. Three are provided:
+//!
+//! | store | feature | transaction handed to the handler | ownership |
+//! |---|---|---|---|
+//! | [`MemoryStore`] | `client` | [`MemoryTransaction`] (rows of your type) | every partition |
+//! | `SqliteStore` | `sqlite` | `sqlx::Transaction<'static, Sqlite>` | every partition |
+//! | `PostgresStore` | `postgres` | `sqlx::Transaction<'static, Postgres>` | shared by advisory locks |
+//!
+//! # The tables of the database stores
+//!
+//! `migrate` creates them if they do not exist (it is safe to run at every
+//! start); the names below are the defaults, `with_tables` changes them
+//! (names are checked to be plain identifiers: a letter or `_`, then
+//! letters, digits or `_`, at most 63 bytes). Users of another database
+//! library can create and read them the same way.
+//!
+//! ```sql
+//! -- One row per consumer name and partition: where to read from next.
+//! CREATE TABLE IF NOT EXISTS zeh_consumer_cursors (
+//!     consumer   TEXT    NOT NULL,  -- the consumer's name
+//!     partition  INTEGER NOT NULL,  -- the feed's partition
+//!     cursor     TEXT    NOT NULL,  -- the feed's cursor ('_first' before any commit)
+//!     PRIMARY KEY (consumer, partition)
+//! );
+//! -- One row per event the consumer's type could not take, when the
+//! -- poison policy is to record them.
+//! CREATE TABLE IF NOT EXISTS zeh_dead_letters (
+//!     id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- BIGSERIAL on PostgreSQL
+//!     consumer     TEXT    NOT NULL,
+//!     partition    INTEGER NOT NULL,
+//!     after_cursor TEXT    NOT NULL,  -- the partition's cursor before the page
+//!     headers      TEXT    NOT NULL,  -- the event's headers, a JSON object
+//!     data         TEXT    NOT NULL,  -- the event's data, as the feed sent it
+//!     error        TEXT    NOT NULL   -- why the consumer's type refused it
+//! );
+//! ```
+//!
+//! The statements the stores run, with `$n` (PostgreSQL) or `?` (SQLite):
+//!
+//! ```sql
+//! -- load: every owned partition gets a row, then the rows are read.
+//! INSERT INTO zeh_consumer_cursors (consumer, partition, cursor) VALUES ($1, $2, '_first')
+//!     ON CONFLICT (consumer, partition) DO NOTHING;
+//! SELECT partition, cursor FROM zeh_consumer_cursors WHERE consumer = $1;
+//! -- save, in the page's transaction: compare-and-set, one row per moved partition;
+//! -- no row updated means another instance moved the cursor, and the page rolls back.
+//! UPDATE zeh_consumer_cursors SET cursor = $1 WHERE consumer = $2 AND partition = $3 AND cursor = $4;
+//! -- dead_letter, in the page's transaction:
+//! INSERT INTO zeh_dead_letters (consumer, partition, after_cursor, headers, data, error)
+//!     VALUES ($1, $2, $3, $4, $5, $6);
+//! ```
+
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+
+pub use memory::{MemoryStore, MemoryTransaction};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+use super::DeadLetter;
+use crate::BoxError;
+use crate::protocol::Cursor;
+
+/// The runtime's view of a database: transactions, cursors in them, and
+/// the partitions this instance owns.
+///
+/// Implement it to keep cursors in a database of your own; the handler
+/// then gets your [`Transaction`](Self::Transaction). What must hold:
+/// [`save`](Self::save) is a compare-and-set that fails with
+/// [`StoreError::conflict`] (there, or at [`commit`](Self::commit)) when a
+/// cursor is no longer the previous one, and everything written in a
+/// transaction commits or rolls back together. Dropping a transaction
+/// without committing rolls it back.
+pub trait CursorStore: Send + Sync + 'static {
+    /// An open transaction of the store's database; the handler writes its
+    /// effects in it.
+    type Transaction: Send;
+
+    /// Begins a transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
+
+    /// The stored cursors of `consumer` for `partitions`, `_first` for a
+    /// partition it never committed, by partition.
+    fn load(
+        &self,
+        consumer: &str,
+        partitions: &[u32],
+    ) -> impl Future<Output = Result<Vec<(u32, Cursor)>, StoreError>> + Send;
+
+    /// Moves the cursors of `consumer` in `transaction`, each from its
+    /// [`previous`](CursorChange::previous) value to its
+    /// [`next`](CursorChange::next) one, failing with
+    /// [`StoreError::conflict`] when one is no longer the previous value.
+    fn save(
+        &self,
+        transaction: &mut Self::Transaction,
+        consumer: &str,
+        changes: &[CursorChange],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records an event the consumer's type refused, in `transaction`.
+    fn dead_letter(
+        &self,
+        transaction: &mut Self::Transaction,
+        consumer: &str,
+        letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Commits `transaction`.
+    fn commit(
+        &self,
+        transaction: Self::Transaction,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The partitions of a feed of `partition_count` partitions that this
+    /// instance of `consumer` owns now, taking its share and giving up
+    /// what is no longer its share. The runtime calls it regularly; a
+    /// store that does not share partitions returns them all.
+    fn claim(
+        &self,
+        consumer: &str,
+        partition_count: u32,
+    ) -> impl Future<Output = Result<Vec<u32>, StoreError>> + Send;
+
+    /// Gives up every partition this instance of `consumer` owns; the
+    /// runtime calls it when it stops.
+    fn release(&self, consumer: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// One cursor moved by a page: from where the page was read to where the
+/// next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorChange {
+    /// The partition.
+    pub partition: u32,
+    /// The cursor the page was read from: the stored one, if no other
+    /// instance moved it.
+    pub previous: Cursor,
+    /// The cursor to store.
+    pub next: Cursor,
+}
+
+/// Why a store operation failed.
+///
+/// A [`conflict`](Self::is_conflict) means another instance moved a cursor
+/// first: the page rolls back and the runtime reads ownership and cursors
+/// again. Anything else is the database's error (the
+/// [`source`](StdError::source)); the runtime retries it after a backoff.
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug)]
+enum StoreErrorKind {
+    Conflict { partition: u32 },
+    Database,
+}
+
+impl StoreError {
+    /// The compare-and-set of `partition`'s cursor found another value.
+    pub fn conflict(partition: u32) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Conflict { partition },
+            source: None,
+        }
+    }
+
+    /// The database failed.
+    pub fn database(error: impl Into<BoxError>) -> Self {
+        StoreError {
+            kind: StoreErrorKind::Database,
+            source: Some(error.into()),
+        }
+    }
+
+    /// Whether another instance moved a cursor first.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Conflict { .. })
+    }
+
+    /// The partition whose cursor was moved by another instance, for a
+    /// conflict.
+    pub fn partition(&self) -> Option<u32> {
+        match self.kind {
+            StoreErrorKind::Conflict { partition } => Some(partition),
+            StoreErrorKind::Database => None,
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StoreErrorKind::Conflict { partition } => write!(
+                f,
+                "the cursor of partition {partition} was moved by another instance of the \
+                 consumer; the page was rolled back"
+            ),
+            StoreErrorKind::Database => match &self.source {
+                Some(source) => write!(f, "the cursor store's database failed: {source}"),
+                None => f.write_str("the cursor store's database failed"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_ref()
+            .map(|source| &**source as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::database(error)
+    }
+}
+
+/// A table name that is not a plain identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTableName {
+    name: String,
+}
+
+impl fmt::Display for InvalidTableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "table name {:?} is not a plain identifier (a letter or `_`, then letters, digits \
+             or `_`, at most 63 bytes)",
+            crate::protocol::error::excerpt(&self.name, 80)
+        )
+    }
+}
+
+impl StdError for InvalidTableName {}
+
+/// The names of a database store's tables, checked to be identifiers so
+/// that they can be written into SQL as they are.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Debug, Clone)]
+pub(crate) struct TableNames {
+    pub(crate) cursors: String,
+    pub(crate) dead_letters: String,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl TableNames {
+    pub(crate) const DEFAULT_CURSORS: &str = "zeh_consumer_cursors";
+    pub(crate) const DEFAULT_DEAD_LETTERS: &str = "zeh_dead_letters";
+
+    pub(crate) fn new(cursors: &str, dead_letters: &str) -> Result<Self, InvalidTableName> {
+        Ok(TableNames {
+            cursors: identifier(cursors)?,
+            dead_letters: identifier(dead_letters)?,
+        })
+    }
+
+    pub(crate) fn default_names() -> Self {
+        Self::new(Self::DEFAULT_CURSORS, Self::DEFAULT_DEAD_LETTERS)
+            .expect("the default names are identifiers")
+    }
+}
+
+/// `name` if it is a plain identifier: nothing in it needs quoting, and it
+/// fits PostgreSQL's 63-byte limit.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn identifier(name: &str) -> Result<String, InvalidTableName> {
+    let mut bytes = name.bytes();
+    let starts_well = bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_');
+    if starts_well
+        && name.len() <= 63
+        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+    {
+        Ok(name.to_owned())
+    } else {
+        Err(InvalidTableName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The statements both database stores run, with their placeholders
+/// written by `placeholder(n)`: see the module documentation.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Debug, Clone)]
+pub(crate) struct Statements {
+    pub(crate) insert_first: String,
+    pub(crate) select_cursors: String,
+    pub(crate) compare_and_set: String,
+    pub(crate) insert_dead_letter: String,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl Statements {
+    pub(crate) fn new(tables: &TableNames, placeholder: fn(usize) -> String) -> Self {
+        let p = placeholder;
+        let TableNames {
+            cursors,
+            dead_letters,
+        } = tables;
+        Statements {
+            insert_first: format!(
+                "INSERT INTO {cursors} (consumer, partition, cursor) VALUES ({}, {}, '_first') \
+                 ON CONFLICT (consumer, partition) DO NOTHING",
+                p(1),
+                p(2)
+            ),
+            select_cursors: format!(
+                "SELECT partition, cursor FROM {cursors} WHERE consumer = {}",
+                p(1)
+            ),
+            compare_and_set: format!(
+                "UPDATE {cursors} SET cursor = {} WHERE consumer = {} AND partition = {} \
+                 AND cursor = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            insert_dead_letter: format!(
+                "INSERT INTO {dead_letters} \
+                 (consumer, partition, after_cursor, headers, data, error) \
+                 VALUES ({}, {}, {}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6)
+            ),
+        }
+    }
+}
+
+/// The stored cursors of `partitions` among `rows` (partition, cursor),
+/// `_first` for a partition without a row or with a cursor that is not one.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn cursors_of(partitions: &[u32], rows: &[(i64, String)]) -> Vec<(u32, Cursor)> {
+    let mut cursors: Vec<(u32, Cursor)> = partitions
+        .iter()
+        .map(|&partition| {
+            let stored = rows
+                .iter()
+                .find(|(p, _)| *p == i64::from(partition))
+                .and_then(|(_, cursor)| Cursor::new(cursor).ok());
+            (partition, stored.unwrap_or_else(Cursor::first))
+        })
+        .collect();
+    cursors.sort_by_key(|(partition, _)| *partition);
+    cursors
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_must_be_plain_identifiers() {
+        assert!(TableNames::new("cursors_v2", "_dead").is_ok());
+        for bad in [
+            "",
+            "2cursors",
+            "a-b",
+            "a b",
+            "a;drop",
+            "\"q\"",
+            "é",
+            &"x".repeat(64),
+        ] {
+            let error = TableNames::new(bad, "ok").unwrap_err();
+            assert!(
+                error.to_string().contains("not a plain identifier"),
+                "{bad}"
+            );
+        }
+    }
+}
