@@ -19,9 +19,7 @@ use super::retry::retry_after;
 use super::stream::Limits;
 use super::{ClientBuilder, Error, FeedStream, HttpService, Page};
 use crate::protocol::query::decode;
-use crate::protocol::{
-    Cursor, FeedItem, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError,
-};
+use crate::protocol::{Cursor, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError};
 
 /// A consumer of one feed, over any HTTP service.
 ///

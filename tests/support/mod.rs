@@ -6,11 +6,11 @@
 
 pub(crate) mod auth;
 pub(crate) mod database;
+pub(crate) mod faults;
 #[cfg(all(
     feature = "hyper-client",
     any(feature = "postgres", feature = "sqlite")
 ))]
 pub(crate) mod outbox;
-pub(crate) mod faults;
 pub(crate) mod readers;
 pub(crate) mod transport;
