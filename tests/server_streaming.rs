@@ -606,7 +606,7 @@ fn the_service_and_its_bodies_describe_themselves() {
     assert_eq!(service.partition_count(), 3);
     assert_eq!(
         format!("{service:?}"),
-        "FeedService { partition_count: 3, default_page_size: 5, max_page_size: 9, max_page_duration: 7s, .. }"
+        "FeedService { partition_count: 3, default_page_size: 5, max_page_size: 9, max_wait: 30s, max_waiting: 10000, max_page_duration: 7s, .. }"
     );
     let body = zeroeventhub::server::FeedBody::<ItemStream>::default();
     assert_eq!(format!("{body:?}"), r#"FeedBody { kind: "full" }"#);
