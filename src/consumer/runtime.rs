@@ -134,14 +134,20 @@ where
     }
 
     /// Sets how long the feed may hold a request while it has nothing new
-    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT)).
+    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT); zero: never). Once a
+    /// page brought nothing, the next requests ask for it, until one
+    /// brings something.
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.settings.wait = wait;
         self
     }
 
-    /// Sets the pause after a page that brought nothing when the feed did
-    /// not wait (default [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)).
+    /// Sets the least time between two requests while the feed has
+    /// nothing new (default [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)):
+    /// after a page that brought nothing, the runtime asks again no sooner
+    /// than this after it asked. A feed that held the request for a wait
+    /// took longer, so the runtime asks again at once; one that ignores
+    /// `wait` answers at once, and the runtime then polls at this pace.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self
@@ -234,6 +240,8 @@ where
         let mut cursors: Option<Vec<(u32, Cursor)>> = None;
         let mut next_claim = Instant::now();
         let mut failures = 0;
+        // Whether the last page brought nothing: then the next one waits.
+        let mut idle = false;
 
         let result = loop {
             if Instant::now() >= next_claim {
@@ -262,12 +270,12 @@ where
                     }
                 },
             };
-            let request = match self.request(&previous) {
+            let request = match self.request(&previous, idle) {
                 Ok(request) => request,
                 Err(error) => break Err(Error::feed(error)),
             };
 
-            let asked_at = Instant::now();
+            let asked_at = tokio::time::Instant::now();
             let fetched = {
                 let mut fetch = pin!(self.client.fetch_page(&request));
                 loop {
@@ -305,6 +313,7 @@ where
                 failures = 0;
                 self.stats.update(|stats| stats.caught_up = true);
                 cursors = Some(previous);
+                idle = true;
                 let pause = self.idle_pause(&request, asked_at);
                 if !pause.is_zero() {
                     tokio::select! {
@@ -341,6 +350,7 @@ where
                     dead_letters,
                 } => {
                     failures = 0;
+                    idle = false;
                     cursors = Some(next);
                     self.stats.update(|stats| {
                         stats.pages += 1;
@@ -471,20 +481,36 @@ where
         true
     }
 
-    /// The request for the owned partitions from their cursors.
-    fn request(&self, cursors: &[(u32, Cursor)]) -> Result<FeedRequest, client::Error> {
+    /// The request for the owned partitions from their cursors, with the
+    /// wait when the consumer is `idle`. A busy consumer asks without one,
+    /// so that the page that finds nothing new comes at once and says it
+    /// caught up.
+    fn request(&self, cursors: &[(u32, Cursor)], idle: bool) -> Result<FeedRequest, client::Error> {
         let request = FeedRequest::new(self.client.partition_count(), cursors.iter().cloned())
             .map_err(client::Error::invalid_request)?;
+        let wait = if idle {
+            self.settings.wait
+        } else {
+            Duration::ZERO
+        };
         Ok(request
             .with_page_size_hint(self.settings.page_size)
-            .with_headers(self.settings.headers.clone()))
+            .with_headers(self.settings.headers.clone())
+            .with_wait(wait))
     }
 
     /// How long to wait before asking again after a page that brought
-    /// nothing, asked at `asked_at`: the poll interval, since the feed
-    /// cannot hold a request yet.
-    fn idle_pause(&self, _request: &FeedRequest, _asked_at: Instant) -> Duration {
-        self.settings.poll_interval
+    /// nothing, asked at `asked_at`: nothing when the next request will
+    /// wait and this one did not; otherwise until a poll interval after
+    /// `asked_at`, so that a feed that ignores `wait` and answers at once
+    /// is polled at that pace, never in a hot loop.
+    fn idle_pause(&self, request: &FeedRequest, asked_at: tokio::time::Instant) -> Duration {
+        if request.wait().is_none() && !self.settings.wait.is_zero() {
+            return Duration::ZERO;
+        }
+        self.settings
+            .poll_interval
+            .saturating_sub(asked_at.elapsed())
     }
 
     fn count_store_error(&self, error: &StoreError) {
