@@ -6,7 +6,7 @@
 //! cargo run --release --example serve -- --addr 127.0.0.1:8080 --partitions 2 --events 200000
 //!     [--token SECRET] [--append-rate N] [--max-page-size K]
 //!     [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS]
-//!     [--max-connections N]
+//!     [--max-connections N] [--max-wait SECS]
 //!     [--database postgres://...|sqlite://PATH [--table NAME] [--writers W]]
 //! ```
 //!
@@ -33,6 +33,10 @@
 //! closed after `--idle-timeout` (60 s) without a request, a response whose
 //! consumer stops reading is aborted after `--stall-timeout` (60 s), and at
 //! most `--max-connections` (1024) are served at once.
+//!
+//! A request with `wait` (long polling) is held until an event is appended
+//! to one of its partitions, for at most `--max-wait` seconds (30; 0 turns
+//! waiting off).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -60,13 +64,14 @@ struct Options {
     token: Option<String>,
     append_rate: u64,
     max_page_size: usize,
+    max_wait: Duration,
     server: Server,
     database: Option<String>,
     table: String,
     writers: usize,
 }
 
-const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--database postgres://...|sqlite://PATH] [--table NAME] [--writers W]";
+const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS] [--database postgres://...|sqlite://PATH] [--table NAME] [--writers W]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -76,6 +81,7 @@ fn parse_options() -> Result<Options, String> {
         token: None,
         append_rate: 0,
         max_page_size: 1_000_000,
+        max_wait: FeedService::<MemoryFeed>::DEFAULT_MAX_WAIT,
         server: Server::new(),
         database: None,
         table: "events".to_owned(),
@@ -91,6 +97,7 @@ fn parse_options() -> Result<Options, String> {
             "--token" => options.token = Some(value()?),
             "--append-rate" => options.append_rate = parse(&flag, &value()?)?,
             "--max-page-size" => options.max_page_size = parse(&flag, &value()?)?,
+            "--max-wait" => options.max_wait = Duration::from_secs(parse(&flag, &value()?)?),
             "--database" => options.database = Some(value()?),
             "--table" => options.table = value()?,
             "--writers" => options.writers = parse(&flag, &value()?)?,
@@ -224,7 +231,9 @@ fn app<R: FeedReader>(reader: R, options: &Options, pages: &Arc<AtomicUsize>) ->
         reader,
         pages: Arc::clone(pages),
     };
-    let service = FeedService::new(reader, options.partitions).max_page_size(options.max_page_size);
+    let service = FeedService::new(reader, options.partitions)
+        .max_page_size(options.max_page_size)
+        .max_wait(options.max_wait);
     let mut app = axum::Router::new().route_service("/feed/v1", service);
     if let Some(token) = &options.token {
         app = app.route_layer(ValidateRequestHeaderLayer::custom(BearerToken::new(token)));
