@@ -25,8 +25,9 @@ use crate::protocol::{Cursor, Event, FeedRequest, HeaderSelection, RawJson};
 ///    ([`CursorStore::claim`], every
 ///    [`ownership_interval`](Self::with_ownership_interval)), and loads
 ///    their cursors;
-/// 2. fetches a page from them (long polling: the feed answers as soon as
-///    something comes, or after the wait);
+/// 2. fetches a page from them; once a page came back empty (caught up),
+///    with long polling: the feed answers as soon as something comes, or
+///    after the [`wait`](Self::with_wait);
 /// 3. begins a transaction, hands the handler the events covered by a
 ///    checkpoint (trailing events never: the next page serves them again),
 ///    stores the next cursors in the same transaction as a compare-and-set
@@ -86,11 +87,7 @@ enum Fetched {
 /// Turns a raw event into the handler's type, or says why it cannot.
 type Decode<D> = fn(Event) -> Result<Event<D>, (Event, serde_json::Error)>;
 
-impl<S, St> Runtime<S, St>
-where
-    S: HttpService + Clone,
-    St: CursorStore,
-{
+impl<S, St> Runtime<S, St> {
     /// The default long-polling wait: 20 s.
     pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
     /// The default pause after a page that brought nothing, when the feed
@@ -104,7 +101,13 @@ where
     /// instance's partitions move, and a new instance gets its share,
     /// within about two of these.
     pub const DEFAULT_OWNERSHIP_INTERVAL: Duration = Duration::from_secs(1);
+}
 
+impl<S, St> Runtime<S, St>
+where
+    S: HttpService + Clone,
+    St: CursorStore,
+{
     /// A runtime for consumer `name`, reading through `client` and keeping
     /// its cursors in `store`. Instances with the same name share the
     /// partitions (when the store shares them) and the cursors.
@@ -134,14 +137,20 @@ where
     }
 
     /// Sets how long the feed may hold a request while it has nothing new
-    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT)).
+    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT)). The runtime asks the
+    /// feed to wait only once a page came back empty (caught up); while it
+    /// has a backlog, it asks without waiting. Zero turns long polling off:
+    /// the runtime then asks again every
+    /// [`poll_interval`](Self::with_poll_interval).
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.settings.wait = wait;
         self
     }
 
     /// Sets the pause after a page that brought nothing when the feed did
-    /// not wait (default [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)).
+    /// not wait: long polling is off, or the feed answered an empty page
+    /// well before the wait (a feed that does not know `wait`) (default
+    /// [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)).
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self
@@ -234,12 +243,17 @@ where
         let mut cursors: Option<Vec<(u32, Cursor)>> = None;
         let mut next_claim = Instant::now();
         let mut failures = 0;
+        // Whether the last page brought nothing: only then does the next
+        // request wait (long polling), so that a consumer with a backlog
+        // learns at once, by an empty page, that it has caught up.
+        let mut idle = false;
 
         let result = loop {
             if Instant::now() >= next_claim {
                 next_claim = Instant::now() + self.settings.ownership_interval;
                 if self.claim(&mut owned, partition_count).await {
                     cursors = None;
+                    idle = false;
                 }
             }
             if owned.is_empty() {
@@ -262,7 +276,7 @@ where
                     }
                 },
             };
-            let request = match self.request(&previous) {
+            let request = match self.request(&previous, idle) {
                 Ok(request) => request,
                 Err(error) => break Err(Error::feed(error)),
             };
@@ -286,7 +300,10 @@ where
             };
             let page = match fetched {
                 Fetched::Shutdown => break Ok(()),
-                Fetched::OwnershipChanged => continue,
+                Fetched::OwnershipChanged => {
+                    idle = false;
+                    continue;
+                }
                 Fetched::Page(Ok(page)) => page,
                 Fetched::Page(Err(error)) if is_retryable(&error) => {
                     tracing::warn!(consumer = %self.name, %error, "fetching a page failed; backing off");
@@ -303,6 +320,7 @@ where
             let changes = changes(&previous, page.next_cursors());
             if changes.is_empty() {
                 failures = 0;
+                idle = true;
                 self.stats.update(|stats| stats.caught_up = true);
                 cursors = Some(previous);
                 let pause = self.idle_pause(&request, asked_at);
@@ -341,6 +359,7 @@ where
                     dead_letters,
                 } => {
                     failures = 0;
+                    idle = false;
                     cursors = Some(next);
                     self.stats.update(|stats| {
                         stats.pages += 1;
@@ -471,20 +490,32 @@ where
         true
     }
 
-    /// The request for the owned partitions from their cursors.
-    fn request(&self, cursors: &[(u32, Cursor)]) -> Result<FeedRequest, client::Error> {
-        let request = FeedRequest::new(self.client.partition_count(), cursors.iter().cloned())
-            .map_err(client::Error::invalid_request)?;
-        Ok(request
+    /// The request for the owned partitions from their cursors, waiting
+    /// for new events if the consumer is `idle`.
+    fn request(&self, cursors: &[(u32, Cursor)], idle: bool) -> Result<FeedRequest, client::Error> {
+        let mut request = FeedRequest::new(self.client.partition_count(), cursors.iter().cloned())
+            .map_err(client::Error::invalid_request)?
             .with_page_size_hint(self.settings.page_size)
-            .with_headers(self.settings.headers.clone()))
+            .with_headers(self.settings.headers.clone());
+        if idle {
+            request = request.with_wait(self.settings.wait);
+        }
+        Ok(request)
     }
 
     /// How long to wait before asking again after a page that brought
-    /// nothing, asked at `asked_at`: the poll interval, since the feed
-    /// cannot hold a request yet.
-    fn idle_pause(&self, _request: &FeedRequest, _asked_at: Instant) -> Duration {
-        self.settings.poll_interval
+    /// nothing, asked at `asked_at`.
+    fn idle_pause(&self, request: &FeedRequest, asked_at: Instant) -> Duration {
+        match request.wait() {
+            // The next request waits, unless waiting is off.
+            None if !self.settings.wait.is_zero() => Duration::ZERO,
+            None => self.settings.poll_interval,
+            // An empty answer well before the wait: the feed does not
+            // hold requests (it predates long polling, or is at its cap of
+            // waiting requests), so poll instead of looping hot.
+            Some(wait) if asked_at.elapsed() < wait / 2 => self.settings.poll_interval,
+            Some(_) => Duration::ZERO,
+        }
     }
 
     fn count_store_error(&self, error: &StoreError) {
