@@ -5,7 +5,7 @@
 //! cargo run --release --example serve -- --addr 127.0.0.1:8080 --partitions 2 --events 200000
 //!     [--token SECRET] [--append-rate N] [--max-page-size K]
 //!     [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS]
-//!     [--max-connections N]
+//!     [--max-connections N] [--max-wait SECS]
 //! ```
 //!
 //! `--events` is per partition. `--token` requires `Authorization: Bearer
@@ -18,6 +18,10 @@
 //! closed after `--idle-timeout` (60 s) without a request, a response whose
 //! consumer stops reading is aborted after `--stall-timeout` (60 s), and at
 //! most `--max-connections` (1024) are served at once.
+//!
+//! A request with `wait` (long polling) is held until an event is appended
+//! to one of its partitions, for at most `--max-wait` seconds (30; 0 turns
+//! waiting off).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,7 +32,7 @@ use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use tower_http::trace::TraceLayer;
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
-use zeroeventhub::server::{MemoryFeed, Server};
+use zeroeventhub::server::{FeedService, MemoryFeed, Server};
 use zeroeventhub::workload;
 
 struct Options {
@@ -38,10 +42,11 @@ struct Options {
     token: Option<String>,
     append_rate: u64,
     max_page_size: usize,
+    max_wait: Duration,
     server: Server,
 }
 
-const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N]";
+const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -51,6 +56,7 @@ fn parse_options() -> Result<Options, String> {
         token: None,
         append_rate: 0,
         max_page_size: 1_000_000,
+        max_wait: FeedService::<MemoryFeed>::DEFAULT_MAX_WAIT,
         server: Server::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -63,6 +69,7 @@ fn parse_options() -> Result<Options, String> {
             "--token" => options.token = Some(value()?),
             "--append-rate" => options.append_rate = parse(&flag, &value()?)?,
             "--max-page-size" => options.max_page_size = parse(&flag, &value()?)?,
+            "--max-wait" => options.max_wait = Duration::from_secs(parse(&flag, &value()?)?),
             "--header-timeout" => {
                 options.server = options.server.header_timeout(seconds(&flag, &value()?)?);
             }
@@ -122,7 +129,10 @@ async fn main() -> ExitCode {
         tokio::spawn(append_forever(feed.clone(), options.append_rate));
     }
 
-    let service = feed.service().max_page_size(options.max_page_size);
+    let service = feed
+        .service()
+        .max_page_size(options.max_page_size)
+        .max_wait(options.max_wait);
     let mut app = axum::Router::new().route_service("/feed/v1", service);
     if let Some(token) = &options.token {
         app = app.route_layer(ValidateRequestHeaderLayer::custom(BearerToken::new(token)));

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example tail -- URL --partitions N [--cursor P=VALUE]...
 //!     [--page-size K] [--headers h1,h2] [--max-events M] [--state FILE]
-//!     [--follow] [--bearer TOKEN] [--http2] [--page-timeout SECS]
+//!     [--follow] [--wait SECS] [--bearer TOKEN] [--http2] [--page-timeout SECS]
 //!     [--max-buffered-bytes B]
 //! ```
 //!
@@ -28,10 +28,19 @@
 //! progress; only a `SIGKILL` between writing a page and saving its cursors
 //! would print that page again on restart.
 //!
+//! With `--follow`, requests ask the feed to hold them up to `--wait`
+//! seconds (default 20; 0 turns it off) until something is appended (long
+//! polling): an event is printed within milliseconds of its append. A
+//! `SIGINT` or `SIGTERM` during such a wait stops at once.
+//!
 //! The pace is set in one place (`next_step`): a page that brought events
 //! is followed at once by the next; after a page without events (caught up,
 //! even if the feed moved its cursor past rows it does not show), `--follow`
-//! waits 500 ms before asking again. Moved cursors are kept all the same.
+//! asks again no sooner than 500 ms after it asked. A feed that held the
+//! request took longer than that, so it asks again at once; a feed that
+//! ignores `wait` (the reference implementations) answers at once, and is
+//! then asked every 500 ms, never in a hot loop. Moved cursors are kept all
+//! the same.
 //! With `--follow`, a failure of the connection or the server (no answer,
 //! a broken body, 5xx, 429) does not end the run: it says so in one line
 //! on stderr and tries again after 1 s, doubling up to 30 s (or the
@@ -62,11 +71,14 @@ use zeroeventhub::client::{Client, Error, HttpService};
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest, HeaderSelection, LineEncoder};
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
-[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--bearer TOKEN] [--http2] \
-[--page-timeout SECS] [--max-buffered-bytes B]";
+[--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--wait SECS] [--bearer TOKEN] \
+[--http2] [--page-timeout SECS] [--max-buffered-bytes B]";
 
-/// How long to wait before polling again, with `--follow`, when caught up.
+/// The least time between two requests, with `--follow`, when caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The long-polling wait asked for with `--follow`, unless `--wait` says.
+const DEFAULT_WAIT: Duration = Duration::from_secs(20);
 
 /// The first pause after a transport failure, with `--follow`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -87,6 +99,7 @@ struct Args {
     max_events: Option<u64>,
     state: Option<PathBuf>,
     follow: bool,
+    wait: Duration,
     bearer: Option<String>,
     http2: bool,
     page_timeout: Option<Duration>,
@@ -143,6 +156,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
     let mut max_events = None;
     let mut state = None;
     let mut follow = false;
+    let mut wait = None;
     let mut bearer = None;
     let mut http2 = false;
     let mut page_timeout = None;
@@ -177,6 +191,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
             }
             "--state" => state = Some(PathBuf::from(value("--state")?)),
             "--follow" => follow = true,
+            "--wait" => wait = Some(Duration::from_secs(number(&value("--wait")?, "--wait")?)),
             "--bearer" => bearer = Some(value("--bearer")?),
             "--http2" => http2 = true,
             "--page-timeout" => {
@@ -209,6 +224,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
         max_events,
         state,
         follow,
+        wait: wait.unwrap_or(if follow { DEFAULT_WAIT } else { Duration::ZERO }),
         bearer,
         http2,
         page_timeout,
@@ -271,7 +287,8 @@ async fn run(args: Args) -> Result<(), Failure> {
     loop {
         let mut request = FeedRequest::new(args.partitions, cursors.clone())
             .map_err(|error| format!("invalid cursors: {error}"))?
-            .with_headers(args.headers.clone());
+            .with_headers(args.headers.clone())
+            .with_wait(args.wait);
         let mut hint = args.page_size.unwrap_or(0);
         if let Some(max) = args.max_events {
             let left = u32::try_from(max - tail.printed).unwrap_or(u32::MAX);
@@ -279,8 +296,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         request = request.with_page_size_hint(hint);
 
+        let asked_at = Instant::now();
         let outcome = tail
-            .page(&client, &request, &mut cursors, args.max_events)
+            .page(&client, &request, &mut cursors, args.max_events, &mut stop)
             .await;
         // Whatever was printed is covered by these cursors, error or not.
         tail.flush()?;
@@ -296,7 +314,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 if args.max_events.is_some_and(|max| tail.printed >= max) {
                     break;
                 }
-                next_step(events, args.follow)
+                next_step(events, args.follow, asked_at)
             }
             Err(PageError::Feed(error)) if args.follow && is_transport_failure(&error) => {
                 let delay = backoff.after(&error);
@@ -338,15 +356,18 @@ enum Step {
 }
 
 /// The pace of the loop, in one place: after a page that printed `events`,
-/// whether and when to ask again. A feed may move its cursors on a page
-/// without events (it skipped rows its consumers may not see), so the pace
-/// follows the events, never the cursors: such a page counts as caught up.
-fn next_step(events: u64, follow: bool) -> Step {
+/// asked at `asked_at`, whether and when to ask again. A feed may move its
+/// cursors on a page without events (it skipped rows its consumers may not
+/// see), so the pace follows the events, never the cursors: such a page
+/// counts as caught up. Caught up, the next request goes a poll interval
+/// after this one: at once after a wait the feed held, a whole interval
+/// after a feed that ignores `wait` answered at once.
+fn next_step(events: u64, follow: bool, asked_at: Instant) -> Step {
     if events > 0 {
         // More may be waiting right behind these.
         Step::AskAfter(Duration::ZERO)
     } else if follow {
-        Step::AskAfter(POLL_INTERVAL)
+        Step::AskAfter(POLL_INTERVAL.saturating_sub(asked_at.elapsed()))
     } else {
         Step::Stop
     }
@@ -425,14 +446,20 @@ struct Tail<W> {
 impl<W: Write> Tail<W> {
     /// Reads one page, printing each partition's events when a checkpoint
     /// covers them and moving its cursor along. How many events it printed.
+    /// A `stop` before the page's head arrives (while the feed holds a
+    /// waiting request) ends it at once, with nothing printed.
     async fn page<S: HttpService + Clone>(
         &mut self,
         client: &Client<S>,
         request: &FeedRequest,
         cursors: &mut BTreeMap<u32, Cursor>,
         max_events: Option<u64>,
+        stop: &mut watch::Receiver<bool>,
     ) -> Result<u64, PageError> {
-        let mut lines = client.fetch(request).await.map_err(PageError::Feed)?;
+        let mut lines = tokio::select! {
+            fetched = client.fetch(request) => fetched.map_err(PageError::Feed)?,
+            Ok(_) = stop.wait_for(|stopped| *stopped) => return Ok(0),
+        };
         // Each requested partition's events since its last checkpoint,
         // encoded; by partition, as the decoder lets through only these.
         let mut pending: Vec<(u32, Pending)> = request

@@ -2,6 +2,8 @@
 //! ask again, and the next request.
 #![cfg(feature = "client")]
 
+use std::time::Duration;
+
 use zeroeventhub::client::Page;
 use zeroeventhub::protocol::{
     Checkpoint, Cursor, Event, FeedItem, FeedRequest, HeaderSelection, RawJson,
@@ -121,6 +123,29 @@ fn the_next_request_keeps_the_previous_ones_hints_and_headers() {
 
     let all = request.clone().with_headers(HeaderSelection::All);
     assert_eq!(page.next_request(&all).headers(), &HeaderSelection::All);
+    assert_eq!(next.wait(), None);
+}
+
+#[test]
+fn the_next_request_keeps_the_wait() {
+    let request = FeedRequest::new(2, cursors(&[(0, "a"), (1, "b")]))
+        .unwrap()
+        .with_headers(HeaderSelection::All)
+        .with_wait(Duration::from_secs(20));
+    // Moved or not, the next request waits as the previous one did.
+    for page in [
+        Page::new(&request, [event(0, 1), checkpoint(0, "c")]),
+        Page::new(&request, []),
+    ] {
+        let next = page.next_request(&request);
+        assert_eq!(next.wait(), Some(Duration::from_secs(20)));
+        assert_eq!(next.headers(), &HeaderSelection::All);
+        assert!(
+            next.to_query().ends_with("&headers=_all&wait=20"),
+            "{}",
+            next.to_query()
+        );
+    }
 }
 
 #[test]

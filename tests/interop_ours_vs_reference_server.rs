@@ -6,11 +6,14 @@
 
 mod interop_support;
 
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use interop_support::model::{FeedModel, PageSummary, Received};
 use interop_support::{ReferenceServer, Scenario};
 use zeroeventhub::client::{Client, ClientStack, Error, HttpTransport};
-use zeroeventhub::protocol::{Cursor, FeedRequest, HeaderSelection};
+use zeroeventhub::consumer::{Handler, MemoryStore, MemoryTransaction, Runtime};
+use zeroeventhub::protocol::{Cursor, Event, FeedRequest, HeaderSelection};
 
 /// Events in each partition of the standard workload served here.
 const EVENTS: usize = 10;
@@ -276,4 +279,116 @@ async fn reference_mid_page_failure_is_a_truncated_body() {
         .await
         .expect_err("a page cut short must fail");
     assert!(error.is_truncated(), "{error}");
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn with_a_wait_every_page_reads_as_without_one() {
+    let server = ReferenceServer::start_logging_requests(Scenario::Standard { events: EVENTS });
+    let model = FeedModel::standard(EVENTS);
+    let client = client(&server, 2);
+
+    // The reference ignores `wait` and answers at once: the pages are
+    // those of a request without one, and the next request keeps the wait.
+    let mut current = request(&[(0, "_first"), (1, "_first")])
+        .with_page_size_hint(3)
+        .with_headers(HeaderSelection::All)
+        .with_wait(WAIT);
+    let mut read_events = 0;
+    loop {
+        let summary = read_checked(&client, &model, &current).await;
+        let page = client.fetch_page(&current).await.expect("the page again");
+        assert_eq!(page.events().len(), summary.events);
+        assert_eq!(page.next_cursors(), cursors_of(&summary));
+        if summary.events == 0 {
+            break;
+        }
+        read_events += summary.events;
+        current = page.next_request(&current);
+        assert_eq!(current.wait(), Some(WAIT));
+    }
+    assert_eq!(read_events, 2 * EVENTS);
+    let requests = server.requests();
+    assert!(!requests.is_empty(), "{}", server.stderr());
+    assert!(
+        requests.iter().all(|query| query.ends_with("&wait=20")),
+        "{requests:?}"
+    );
+}
+
+/// Stores the data of each event it is handed.
+struct Keep;
+
+impl Handler<MemoryTransaction<String>> for Keep {
+    type Error = zeroeventhub::BoxError;
+
+    async fn handle(
+        &mut self,
+        transaction: &mut MemoryTransaction<String>,
+        events: &[Event],
+    ) -> Result<(), Self::Error> {
+        for event in events {
+            transaction.insert(format!("{}:{}", event.partition, event.data));
+        }
+        Ok(())
+    }
+}
+
+/// The consumer runtime asks the reference to wait, which it ignores: the
+/// runtime reads every event once, and while idle asks no more than once
+/// per poll interval.
+#[tokio::test]
+async fn the_runtime_polls_the_reference_at_its_interval_while_idle() {
+    const POLL_INTERVAL: Duration = Duration::from_millis(500);
+    const IDLE: Duration = Duration::from_secs(3);
+
+    let server = ReferenceServer::start_logging_requests(Scenario::Standard { events: EVENTS });
+    let store = MemoryStore::new();
+    let runtime = Runtime::new(client(&server, 2), store.clone(), "interop")
+        .with_page_size(3)
+        .with_wait(WAIT)
+        .with_poll_interval(POLL_INTERVAL);
+    let stats = runtime.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        runtime
+            .run(Keep, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(60), stats.wait_for(|s| s.caught_up))
+        .await
+        .expect("the runtime catches up");
+    // Let the log of the request that caught up arrive.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = server.requests().len();
+    tokio::time::sleep(IDLE).await;
+    let idle: Vec<String> = server.requests().split_off(before);
+    drop(stop);
+    running
+        .await
+        .expect("the runtime ran")
+        .expect("it stops cleanly");
+
+    let rows = store.rows();
+    assert_eq!(rows.len(), 2 * EVENTS, "{rows:?}");
+    let distinct: std::collections::HashSet<&String> = rows.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        rows.len(),
+        "an event stored twice: {rows:?}"
+    );
+
+    // 3 s at one request per 500 ms: 6, and 1 for the edges of the window.
+    assert!(
+        (2..=7).contains(&idle.len()),
+        "{} requests while idle: {idle:?}",
+        idle.len()
+    );
+    assert!(
+        idle.iter().all(|query| query.ends_with("&wait=20")),
+        "{idle:?}"
+    );
 }

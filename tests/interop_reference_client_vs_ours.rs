@@ -410,3 +410,59 @@ fn our_abort_with_lines_still_buffered_is_an_error_too() {
     assert_eq!(page.items, page_start(&model, page.items.len()));
     client.finish();
 }
+
+/// Our feed, noting the wait deadline each read was given.
+struct WaitRecorder {
+    inner: MemoryFeed,
+    deadlines: std::sync::Arc<std::sync::Mutex<Vec<Option<tokio::time::Instant>>>>,
+}
+
+impl FeedReader for WaitRecorder {
+    type Stream = <MemoryFeed as FeedReader>::Stream;
+
+    async fn read(&self, context: ReadContext<'_>) -> Result<Self::Stream, ReadError> {
+        self.deadlines
+            .lock()
+            .expect("not poisoned")
+            .push(context.wait_deadline());
+        self.inner.read(context).await
+    }
+}
+
+/// Our server holds requests that ask to wait; the reference client never
+/// asks, so it reads as before: every page, the caught-up one included, is
+/// answered without a wait, and nothing is left waiting.
+#[test]
+fn long_polling_leaves_a_client_that_never_waits_unaffected() {
+    let model = FeedModel::standard(EVENTS);
+    let deadlines = std::sync::Arc::default();
+    let service = FeedService::new(
+        WaitRecorder {
+            inner: model.memory_feed(),
+            deadlines: std::sync::Arc::clone(&deadlines),
+        },
+        2,
+    );
+    let server = serve(service.clone());
+    let url = server.url("/feed/v1");
+    let mut client = ReferenceClient::start();
+
+    let mut request = ClientRequest::new(&url, &[(0, "_first"), (1, "_first")]).page_size_hint(4);
+    let mut read = 0;
+    let mut caught_up = 0;
+    while caught_up < 3 {
+        let page = fetch_checked(&mut client, &model, &request);
+        read += page.events;
+        if page.events == 0 {
+            caught_up += 1;
+        }
+        request.cursors = page.cursors;
+    }
+    client.finish();
+    assert_eq!(read, 2 * EVENTS);
+
+    let deadlines = deadlines.lock().expect("not poisoned");
+    assert!(deadlines.len() >= 3, "{} reads", deadlines.len());
+    assert!(deadlines.iter().all(Option::is_none), "{deadlines:?}");
+    assert_eq!(service.waiting(), 0);
+}

@@ -5,13 +5,21 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 fn tail_binary() -> PathBuf {
+    example_binary("tail")
+}
+
+/// Builds example `name` with the features of this test (both examples
+/// with the same ones, so that they share one build of the crate) and
+/// returns its path.
+fn example_binary(name: &str) -> PathBuf {
     let mut features = Vec::new();
     for (name, enabled) in [
         ("server", cfg!(feature = "server")),
+        ("serve", cfg!(feature = "serve")),
         ("client", cfg!(feature = "client")),
         ("hyper-client", cfg!(feature = "hyper-client")),
         ("rustls", cfg!(feature = "rustls")),
@@ -26,7 +34,7 @@ fn tail_binary() -> PathBuf {
             "build",
             "--quiet",
             "--example",
-            "tail",
+            name,
             "--no-default-features",
             "--features",
         ])
@@ -34,7 +42,7 @@ fn tail_binary() -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "the tail example builds");
+    assert!(status.success(), "the {name} example builds");
     // Examples sit next to the `deps` folder this test runs from.
     let mut path = std::env::current_exe().expect("the test's path");
     path.pop();
@@ -42,7 +50,7 @@ fn tail_binary() -> PathBuf {
         path.pop();
     }
     path.join("examples")
-        .join(format!("tail{}", std::env::consts::EXE_SUFFIX))
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A feed of `partitions` x `per_partition` numbered events, served on a
@@ -616,4 +624,151 @@ fn http2_reads_a_feed_behind_an_http2_only_server() {
     );
     assert!(clean);
     assert_exactly_once(&lines, 2, 500);
+}
+
+/// A feed of one partition that never has events and ignores `wait`, as the
+/// reference implementations do: every request is answered at once with an
+/// empty page. Keeps the query of every request.
+fn feed_ignoring_wait() -> (tokio::runtime::Runtime, String, Arc<Mutex<Vec<String>>>) {
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&queries);
+    let app = axum::Router::new().route(
+        "/feed",
+        axum::routing::get(move |uri: http::Uri| {
+            seen.lock()
+                .unwrap()
+                .push(uri.query().unwrap_or_default().to_owned());
+            async { [(http::header::CONTENT_TYPE, "application/x-ndjson")] }
+        }),
+    );
+    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
+    (runtime, format!("http://{addr}/feed"), queries)
+}
+
+#[test]
+fn follow_asks_to_wait_and_keeps_to_its_poll_interval_when_the_feed_does_not() {
+    let (_server, url, queries) = feed_ignoring_wait();
+    let tail = Running::start(&[&url, "--partitions", "1", "--follow"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (clean, stderr) = tail.stop();
+    assert!(clean, "{stderr:?}");
+
+    let queries = queries.lock().unwrap().clone();
+    // 2 s at one request per 500 ms, the first at once: 5 at most.
+    assert!(
+        (1..=5).contains(&queries.len()),
+        "{} requests in 2 s",
+        queries.len()
+    );
+    assert!(
+        queries.iter().all(|query| query.ends_with("&wait=20")),
+        "{queries:?}"
+    );
+}
+
+#[test]
+fn follow_waits_for_an_append_instead_of_polling() {
+    use std::sync::atomic::AtomicUsize;
+
+    let feed = zeroeventhub::server::MemoryFeed::new(2);
+    append_numbered(&feed, 0..3);
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    let service = feed.service();
+    let app = axum::Router::new()
+        .route_service("/feed", service.clone())
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<axum::body::Body>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                request
+            },
+        ));
+    let (_server, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
+    let url = format!("http://{addr}/feed");
+    let tail = Running::start(&[
+        &url,
+        "--partitions",
+        "2",
+        "--headers",
+        "seq",
+        "--follow",
+        "--wait",
+        "30",
+    ]);
+    let mut lines = tail.lines(6);
+    // Caught up: one request waits, and no other comes while it does.
+    let waiting = || service.waiting() == 1 && feed.append_signal().waiters() == 1;
+    eventually(waiting);
+    let asked = requests.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        asked,
+        "asked again while waiting"
+    );
+
+    // Appends answer the waiting request; then tail waits again. One
+    // append per partition: the first may end the wait before the second,
+    // which the next request then brings, and one more waits.
+    append_numbered(&feed, 3..4);
+    lines.extend(tail.lines(2));
+    eventually(waiting);
+    let more = requests.load(Ordering::SeqCst) - asked;
+    assert!((1..=3).contains(&more), "{more} requests for 2 appends");
+
+    // A stop while waiting ends the wait and the run.
+    let (clean, stderr) = tail.stop();
+    assert!(clean, "{stderr:?}");
+    assert_exactly_once(&lines, 2, 4);
+    eventually(|| service.waiting() == 0 && feed.append_signal().waiters() == 0);
+}
+
+/// Polls `done` every 10 ms until it holds; fails after 30 s.
+fn eventually(done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the condition never held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `serve --max-wait` clamps what a request asks for: `tail --wait 30`,
+/// without following, stops at its first empty page, which the server
+/// sends when its own maximum of 1 s has passed, not 30 s.
+#[cfg(feature = "serve")]
+#[test]
+fn serve_holds_a_waiting_request_no_longer_than_its_max_wait() {
+    let serve = example_binary("serve");
+    let mut server = Command::new(serve)
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--partitions",
+            "1",
+            "--events",
+            "0",
+        ])
+        .args(["--max-wait", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("serve says where it listens");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve says where it listens: {line:?}"))
+        .to_owned();
+
+    let tail = Running::start(&[&url, "--partitions", "1", "--wait", "30"]);
+    let (clean, stderr) = tail.exit();
+    server.kill().expect("serve stops");
+    server.wait().expect("serve exits");
+    assert!(clean, "{stderr:?}");
 }

@@ -4,18 +4,18 @@ use std::time::Duration;
 use http::Uri;
 use tower::layer::util::{Identity, Stack};
 use tower::retry::Retry;
-use tower::timeout::Timeout;
 use tower_layer::Layer;
 
 #[cfg(feature = "hyper-client")]
 use super::transport::{HttpTransport, http_transport};
-use super::{Client, RetryPolicy};
+use super::{Client, HeadTimeout, RetryPolicy};
 use crate::protocol::{LineDecoder, RawJson};
 
 /// The stack the builder puts around a transport `S` (with the user's
-/// layers): tower's retry with [`RetryPolicy`], outside tower's timeout on
-/// the response head, so that each attempt has its own timeout.
-pub type ClientStack<S> = Retry<RetryPolicy, Timeout<S>>;
+/// layers): tower's retry with [`RetryPolicy`], outside the timeout on the
+/// response head ([`HeadTimeout`]), so that each attempt has its own
+/// timeout.
+pub type ClientStack<S> = Retry<RetryPolicy, HeadTimeout<S>>;
 
 /// Builds a [`Client`] with the default stack: retry with backoff, a
 /// timeout on each attempt's response head, an idle timeout on the body,
@@ -138,6 +138,9 @@ impl<L> ClientBuilder<L> {
     }
 
     /// Sets the timeout on each attempt's response head (default 30 s).
+    /// A long-polling request
+    /// ([`FeedRequest::with_wait`](crate::protocol::FeedRequest::with_wait))
+    /// gets its wait on top, since the feed may hold the head that long.
     pub fn head_timeout(mut self, timeout: Duration) -> Self {
         self.settings.head_timeout = timeout;
         self
@@ -218,7 +221,7 @@ impl<L> ClientBuilder<L> {
     {
         let service = Retry::new(
             self.settings.retry,
-            Timeout::new(self.layer.layer(transport), self.settings.head_timeout),
+            HeadTimeout::new(self.layer.layer(transport), self.settings.head_timeout),
         );
         Client::new(service, self.settings.url, self.settings.partitions)
             .with_idle_timeout(self.settings.idle_timeout)

@@ -73,7 +73,7 @@ impl<S> Client<S> {
     ///
     /// The URL's own query parameters are kept in every request, except
     /// those the protocol sets (`n`, `cursor...`, `pagesizehint`,
-    /// `headers`), which each request replaces.
+    /// `headers`, `wait`), which each request replaces.
     pub fn new(service: S, url: Uri, partitions: u32) -> Self {
         let kept_query = url.query().map(kept_parameters).unwrap_or_default();
         Client {
@@ -100,7 +100,9 @@ impl<S> Client<S> {
     /// body's end (default [`DEFAULT_PAGE_TIMEOUT`](Self::DEFAULT_PAGE_TIMEOUT)):
     /// past it the page fails with a timeout, however steadily the feed
     /// sends. It bounds a feed that drips a byte now and then, which the
-    /// idle timeout does not. Anything beyond a year means a year.
+    /// idle timeout does not. A long-polling request
+    /// ([`FeedRequest::with_wait`]) gets its wait on top. Anything beyond a
+    /// year means a year.
     pub fn with_page_timeout(mut self, timeout: Duration) -> Self {
         self.page_timeout = timeout.min(LONGEST_TIMEOUT);
         self
@@ -229,6 +231,14 @@ impl<S: HttpService + Clone> Client<S> {
     /// client's; fails with a status error, with the status, `Retry-After`
     /// and the start of the body, when the answer is not 2xx. Retries, if
     /// the service does them, all happen before this returns.
+    ///
+    /// With a wait ([`FeedRequest::with_wait`]), a feed that supports long
+    /// polling holds the answer until something is appended or the wait
+    /// ends; the page deadline (and the head timeout of the builder's
+    /// stack) are extended by the wait. A feed that does not support it
+    /// answers at once, often with an empty page: see
+    /// [the client's docs](crate::client#long-polling) for the loop that
+    /// stays calm then.
     pub async fn fetch(&self, request: &FeedRequest) -> Result<FeedStream<S::ResponseBody>, Error> {
         self.fetch_as(request).await
     }
@@ -244,8 +254,9 @@ impl<S: HttpService + Clone> Client<S> {
             partitions = request.cursors().len(),
             attempt = tracing::field::Empty,
         );
-        let deadline = self.deadline_for(request);
-        self.send(request, deadline)
+        let page_timeout = self.page_timeout_for(request);
+        let deadline = Instant::now() + page_timeout;
+        self.send(request, deadline, page_timeout)
             .instrument(span.clone())
             .await
             .map(|(head, body)| {
@@ -254,7 +265,7 @@ impl<S: HttpService + Clone> Client<S> {
                 let limits = Limits {
                     idle_timeout: self.idle_timeout,
                     deadline,
-                    page_timeout: self.page_timeout,
+                    page_timeout,
                     max_buffered_bytes: self.max_buffered_bytes,
                     close_delimited: is_close_delimited(&head),
                 };
@@ -268,6 +279,7 @@ impl<S: HttpService + Clone> Client<S> {
         &self,
         request: &FeedRequest,
         deadline: Instant,
+        page_timeout: Duration,
     ) -> Result<(http::response::Parts, S::ResponseBody), Error> {
         self.check(request)?;
         let mut http_request = Request::new(Empty::new());
@@ -288,7 +300,7 @@ impl<S: HttpService + Clone> Client<S> {
                 .map_err(|error| Error::transport(error.into()))
         })
         .await
-        .map_err(|_| Error::page_timeout(self.page_timeout))??;
+        .map_err(|_| Error::page_timeout(page_timeout))??;
 
         let (head, body) = response.into_parts();
         if !head.status.is_success() {
@@ -310,10 +322,12 @@ impl<S: HttpService + Clone> Client<S> {
         Ok((head, body))
     }
 
-    /// When the page that answers `request` must have ended: the one
-    /// place where a request's own time (a long-polling wait) is added.
-    fn deadline_for(&self, _request: &FeedRequest) -> Instant {
-        Instant::now() + self.page_timeout
+    /// How long the page that answers `request` may take: the page
+    /// timeout, plus the wait a long-polling request asks the feed to hold
+    /// it for.
+    fn page_timeout_for(&self, request: &FeedRequest) -> Duration {
+        let wait = request.wait().unwrap_or_default();
+        self.page_timeout.saturating_add(wait).min(LONGEST_TIMEOUT)
     }
 
     /// Fetches a whole page and sorts it into what may be committed and

@@ -60,7 +60,7 @@
 //!     stored_events.extend(page.events().iter().cloned());
 //!     stored_cursors = page.next_cursors().to_vec();
 //!     if !page.has_new_events() {
-//!         break; // caught up; a long-running consumer sleeps and polls again
+//!         break; // caught up; a long-running consumer waits for more: see below
 //!     }
 //! }
 //! assert_eq!(stored_events.len(), 100);
@@ -68,6 +68,53 @@
 //! # }
 //! # #[cfg(feature = "server")]
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! # Long polling
+//!
+//! A caught-up consumer asks with a wait ([`FeedRequest::with_wait`]): a
+//! feed that supports it holds the request until an event is appended to
+//! one of its partitions, and answers within milliseconds of the append,
+//! or with an empty page when the wait ends. The client's page deadline
+//! and the head timeout of the builder's stack grow by the wait, and
+//! [`Page::next_request`] keeps it.
+//!
+//! A feed that does not support it (the reference implementations ignore
+//! `wait`) answers at once, often with an empty page. So a loop never asks
+//! again at once after a page without new events: it waits until a poll
+//! interval after it sent the request. Against a feed that held the
+//! request, that interval has passed and the loop goes on at once; against
+//! one that did not, the loop asks once per interval, as a polling loop
+//! does. The [`consumer`](crate::consumer) runtime paces itself the same
+//! way.
+//!
+//! [`FeedRequest::with_wait`]: crate::protocol::FeedRequest::with_wait
+//!
+//! ```no_run
+//! # #[cfg(feature = "hyper-client")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tokio::time::{Instant, sleep_until};
+//! use zeroeventhub::client::Client;
+//! use zeroeventhub::protocol::Cursor;
+//!
+//! const POLL_INTERVAL: Duration = Duration::from_secs(1);
+//!
+//! let client = Client::builder("http://127.0.0.1:8080/feed/v1".parse()?, 2).build();
+//! let cursors = [(0, Cursor::first()), (1, Cursor::first())]; // from the database
+//! let mut request = client.request(cursors)?.with_wait(Duration::from_secs(20));
+//! loop {
+//!     let sent = Instant::now();
+//!     let page = client.fetch_page(&request).await?;
+//!     // BEGIN; insert page.events(); upsert page.next_cursors(); COMMIT;
+//!     if !page.has_new_events() {
+//!         // No time at all after a held request; a whole interval after
+//!         // a fast empty answer.
+//!         sleep_until(sent + POLL_INTERVAL).await;
+//!     }
+//!     request = page.next_request(&request);
+//! }
+//! # }
 //! ```
 //!
 //! Reading lines as they arrive instead, for pages too large to hold:
@@ -105,6 +152,7 @@ mod page;
 pub(crate) mod retry;
 mod service;
 mod stream;
+pub mod timeout;
 #[cfg(feature = "hyper-client")]
 mod transport;
 
@@ -115,5 +163,6 @@ pub use page::Page;
 pub use retry::RetryPolicy;
 pub use service::{HttpRequest, HttpService};
 pub use stream::FeedStream;
+pub use timeout::HeadTimeout;
 #[cfg(feature = "hyper-client")]
 pub use transport::{Checked, HttpTransport, HttpVersionCheck};

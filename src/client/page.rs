@@ -153,14 +153,21 @@ impl<D> Page<D> {
     /// the consumer has caught up (or the feed is slow to checkpoint), and
     /// the loop waits before asking again; when true, it asks again at
     /// once.
+    ///
+    /// With long polling too: a feed that ignores `wait` (the reference
+    /// implementations do) answers a waiting request at once, and a loop
+    /// that asked again at once would spin. Wait until a poll interval
+    /// after the request was sent: after a wait that the feed held, that
+    /// is no time at all; after a fast empty answer, the whole interval.
+    /// See [the client's docs](crate::client#long-polling).
     pub fn has_new_events(&self) -> bool {
         !self.events.is_empty()
     }
 
     /// The request for the next page: `previous` with the cursor of each
     /// of its partitions replaced by the one in
-    /// [`next_cursors`](Self::next_cursors), the same page size hint and
-    /// headers.
+    /// [`next_cursors`](Self::next_cursors), the same page size hint,
+    /// headers and wait.
     pub fn next_request(&self, previous: &FeedRequest) -> FeedRequest {
         let cursors = previous.cursors().iter().map(|(partition, cursor)| {
             let next = match self
@@ -176,6 +183,7 @@ impl<D> Page<D> {
             .expect("the partitions of a valid request make a valid request")
             .with_page_size_hint(previous.page_size_hint().unwrap_or(0))
             .with_headers(previous.headers().clone())
+            .with_wait(previous.wait().unwrap_or_default())
     }
 
     /// The covered events, taken out of the page (for storing them without

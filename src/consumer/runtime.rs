@@ -25,9 +25,8 @@ use crate::protocol::{Cursor, Event, FeedRequest, HeaderSelection, RawJson};
 ///    ([`CursorStore::claim`], every
 ///    [`ownership_interval`](Self::with_ownership_interval)), and loads
 ///    their cursors;
-/// 2. fetches a page from them; once a page came back empty (caught up),
-///    with long polling: the feed answers as soon as something comes, or
-///    after the [`wait`](Self::with_wait);
+/// 2. fetches a page from them (long polling: the feed answers as soon as
+///    something comes, or after the wait);
 /// 3. begins a transaction, hands the handler the events covered by a
 ///    checkpoint (trailing events never: the next page serves them again),
 ///    stores the next cursors in the same transaction as a compare-and-set
@@ -87,6 +86,8 @@ enum Fetched {
 /// Turns a raw event into the handler's type, or says why it cannot.
 type Decode<D> = fn(Event) -> Result<Event<D>, (Event, serde_json::Error)>;
 
+// The defaults need no transport or store, so that a program can print
+// them (`Runtime::<(), ()>::DEFAULT_WAIT`) before it has either.
 impl<S, St> Runtime<S, St> {
     /// The default long-polling wait: 20 s.
     pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
@@ -137,20 +138,20 @@ where
     }
 
     /// Sets how long the feed may hold a request while it has nothing new
-    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT)). The runtime asks the
-    /// feed to wait only once a page came back empty (caught up); while it
-    /// has a backlog, it asks without waiting. Zero turns long polling off:
-    /// the runtime then asks again every
-    /// [`poll_interval`](Self::with_poll_interval).
+    /// (default [`DEFAULT_WAIT`](Self::DEFAULT_WAIT); zero: never). Once a
+    /// page brought nothing, the next requests ask for it, until one
+    /// brings something.
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.settings.wait = wait;
         self
     }
 
-    /// Sets the pause after a page that brought nothing when the feed did
-    /// not wait: long polling is off, or the feed answered an empty page
-    /// well before the wait (a feed that does not know `wait`) (default
-    /// [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)).
+    /// Sets the least time between two requests while the feed has
+    /// nothing new (default [`DEFAULT_POLL_INTERVAL`](Self::DEFAULT_POLL_INTERVAL)):
+    /// after a page that brought nothing, the runtime asks again no sooner
+    /// than this after it asked. A feed that held the request for a wait
+    /// took longer, so the runtime asks again at once; one that ignores
+    /// `wait` answers at once, and the runtime then polls at this pace.
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self
@@ -243,9 +244,7 @@ where
         let mut cursors: Option<Vec<(u32, Cursor)>> = None;
         let mut next_claim = Instant::now();
         let mut failures = 0;
-        // Whether the last page brought nothing: only then does the next
-        // request wait (long polling), so that a consumer with a backlog
-        // learns at once, by an empty page, that it has caught up.
+        // Whether the last page brought nothing: then the next one waits.
         let mut idle = false;
 
         let result = loop {
@@ -253,7 +252,6 @@ where
                 next_claim = Instant::now() + self.settings.ownership_interval;
                 if self.claim(&mut owned, partition_count).await {
                     cursors = None;
-                    idle = false;
                 }
             }
             if owned.is_empty() {
@@ -281,7 +279,7 @@ where
                 Err(error) => break Err(Error::feed(error)),
             };
 
-            let asked_at = Instant::now();
+            let asked_at = tokio::time::Instant::now();
             let fetched = {
                 let mut fetch = pin!(self.client.fetch_page(&request));
                 loop {
@@ -300,10 +298,7 @@ where
             };
             let page = match fetched {
                 Fetched::Shutdown => break Ok(()),
-                Fetched::OwnershipChanged => {
-                    idle = false;
-                    continue;
-                }
+                Fetched::OwnershipChanged => continue,
                 Fetched::Page(Ok(page)) => page,
                 Fetched::Page(Err(error)) if is_retryable(&error) => {
                     tracing::warn!(consumer = %self.name, %error, "fetching a page failed; backing off");
@@ -320,9 +315,9 @@ where
             let changes = changes(&previous, page.next_cursors());
             if changes.is_empty() {
                 failures = 0;
-                idle = true;
                 self.stats.update(|stats| stats.caught_up = true);
                 cursors = Some(previous);
+                idle = true;
                 let pause = self.idle_pause(&request, asked_at);
                 if !pause.is_zero() {
                     tokio::select! {
@@ -490,32 +485,36 @@ where
         true
     }
 
-    /// The request for the owned partitions from their cursors, waiting
-    /// for new events if the consumer is `idle`.
+    /// The request for the owned partitions from their cursors, with the
+    /// wait when the consumer is `idle`. A busy consumer asks without one,
+    /// so that the page that finds nothing new comes at once and says it
+    /// caught up.
     fn request(&self, cursors: &[(u32, Cursor)], idle: bool) -> Result<FeedRequest, client::Error> {
-        let mut request = FeedRequest::new(self.client.partition_count(), cursors.iter().cloned())
-            .map_err(client::Error::invalid_request)?
+        let request = FeedRequest::new(self.client.partition_count(), cursors.iter().cloned())
+            .map_err(client::Error::invalid_request)?;
+        let wait = if idle {
+            self.settings.wait
+        } else {
+            Duration::ZERO
+        };
+        Ok(request
             .with_page_size_hint(self.settings.page_size)
-            .with_headers(self.settings.headers.clone());
-        if idle {
-            request = request.with_wait(self.settings.wait);
-        }
-        Ok(request)
+            .with_headers(self.settings.headers.clone())
+            .with_wait(wait))
     }
 
     /// How long to wait before asking again after a page that brought
-    /// nothing, asked at `asked_at`.
-    fn idle_pause(&self, request: &FeedRequest, asked_at: Instant) -> Duration {
-        match request.wait() {
-            // The next request waits, unless waiting is off.
-            None if !self.settings.wait.is_zero() => Duration::ZERO,
-            None => self.settings.poll_interval,
-            // An empty answer well before the wait: the feed does not
-            // hold requests (it predates long polling, or is at its cap of
-            // waiting requests), so poll instead of looping hot.
-            Some(wait) if asked_at.elapsed() < wait / 2 => self.settings.poll_interval,
-            Some(_) => Duration::ZERO,
+    /// nothing, asked at `asked_at`: nothing when the next request will
+    /// wait and this one did not; otherwise until a poll interval after
+    /// `asked_at`, so that a feed that ignores `wait` and answers at once
+    /// is polled at that pace, never in a hot loop.
+    fn idle_pause(&self, request: &FeedRequest, asked_at: tokio::time::Instant) -> Duration {
+        if request.wait().is_none() && !self.settings.wait.is_zero() {
+            return Duration::ZERO;
         }
+        self.settings
+            .poll_interval
+            .saturating_sub(asked_at.elapsed())
     }
 
     fn count_store_error(&self, error: &StoreError) {

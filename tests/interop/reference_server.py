@@ -27,7 +27,11 @@ turn.
 
 Usage::
 
-    python reference_server.py PORT SCENARIO [--events N] [--fail-after K]
+    python reference_server.py PORT SCENARIO [--events N] [--fail-after K] [--log-requests]
+
+With ``--log-requests``, every request to the feed is logged on standard
+error as one line, ``REQUEST <query>``, before it is answered (so that a test
+can count what a client asked).
 
 ``PORT`` 0 picks a free port. Once the server listens, it prints one line on
 standard output, ``READY <port>``, and serves until killed (or, with
@@ -206,13 +210,15 @@ class ScenarioReader:
                 return
 
 
-def build_app(reader: ScenarioReader) -> FastAPI:
+def build_app(reader: ScenarioReader, log_requests: bool) -> FastAPI:
     """A FastAPI app with the reference handler at ``/feed/v1``."""
     app = FastAPI()
     handler = ZeroEventHubFastApiHandler(data_reader=reader, server_partition_count=PARTITIONS)
 
     @app.get("/feed/v1")
     async def feed(request: Request) -> StreamingResponse:
+        if log_requests:
+            print(f"REQUEST {request.url.query}", file=sys.stderr, flush=True)
         return handler.handle(request)
 
     return app
@@ -264,11 +270,12 @@ def main() -> None:
     parser.add_argument("--fail-after", type=int, default=3, help="events before the failure")
     parser.add_argument("--default-page-size", type=int, default=1000)
     parser.add_argument("--stop-on-stdin-eof", action="store_true")
+    parser.add_argument("--log-requests", action="store_true")
     args = parser.parse_args()
     reader = build_reader(args.scenario, args.events, args.fail_after, args.default_page_size)
     if args.stop_on_stdin_eof:
         threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
-    asyncio.run(serve(build_app(reader), args.port))
+    asyncio.run(serve(build_app(reader, args.log_requests), args.port))
 
 
 if __name__ == "__main__":

@@ -354,6 +354,16 @@ pub(crate) struct ReferenceServer {
 impl ReferenceServer {
     /// Starts the reference server on `scenario` and waits until it listens.
     pub(crate) fn start(scenario: Scenario) -> Self {
+        Self::spawn(scenario, false)
+    }
+
+    /// Like [`start`](Self::start), logging every request it answers (see
+    /// [`requests`](Self::requests)).
+    pub(crate) fn start_logging_requests(scenario: Scenario) -> Self {
+        Self::spawn(scenario, true)
+    }
+
+    fn spawn(scenario: Scenario, log_requests: bool) -> Self {
         let mut command = Command::new(venv_python());
         command
             .arg("-u")
@@ -372,6 +382,9 @@ impl ReferenceServer {
             }
         }
         command.arg("--stop-on-stdin-eof");
+        if log_requests {
+            command.arg("--log-requests");
+        }
         let (guard, stdin, stdout) = ChildGuard::spawn("reference server", &mut command);
         let port = wait_for_ready(stdout, &guard);
         ReferenceServer {
@@ -389,6 +402,16 @@ impl ReferenceServer {
     /// What the server logged so far.
     pub(crate) fn stderr(&self) -> String {
         self.guard.stderr()
+    }
+
+    /// The query of every request answered so far, in order, when started
+    /// with [`start_logging_requests`](Self::start_logging_requests).
+    pub(crate) fn requests(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter_map(|line| line.strip_prefix("REQUEST "))
+            .map(str::to_owned)
+            .collect()
     }
 }
 

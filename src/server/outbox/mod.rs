@@ -5,10 +5,13 @@ mod error;
 mod event;
 mod page;
 #[cfg(feature = "postgres")]
+mod pg_listener;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod table;
+mod wait;
 
 pub use error::OutboxError;
 pub use event::{OutboxEvent, partition_for_key};
@@ -37,6 +40,7 @@ mod tests {
                 sql::READ,
                 sql::LAST,
                 sql::HANDED_OUT,
+                sql::NEWS,
             ] {
                 assert!(docs.contains(statement), "undocumented: {statement}");
             }
@@ -50,6 +54,7 @@ mod tests {
                 sql::READ,
                 sql::LAST,
                 sql::HANDED_OUT,
+                sql::NEWS,
             ] {
                 assert!(docs.contains(statement), "undocumented: {statement}");
             }

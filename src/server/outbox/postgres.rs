@@ -10,9 +10,11 @@ use sqlx::{Acquire, PgConnection, PgPool, Postgres, Row};
 
 use super::event::check_partition;
 use super::page::{Budget, OutboxPage, emit_event, row_event};
+use super::pg_listener::{self, AppendListenerTask};
+use super::wait::{Look, wait_for_rows};
 use super::{OutboxError, OutboxEvent, TableName, cursor};
 use crate::protocol::{Checkpoint, Cursor, FeedItem};
-use crate::server::{FeedReader, FeedService, ReadContext, ReadError};
+use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
 
 /// The statements, with `{table}` standing for the table name. The crate
 /// runs these and nothing else; `mod.rs` documents each of them.
@@ -73,6 +75,19 @@ WHERE partition = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY txid DESC, position DESC
 LIMIT 1";
 
+    /// For each partition of a waiting request (`$1`), from its start
+    /// (`$2`, `$3`), whether its next row is servable yet: no row, nothing
+    /// to send; a `false`, committed rows waiting for the horizon.
+    pub(crate) const NEWS: &str = "\
+SELECT next.txid < pg_snapshot_xmin(pg_current_snapshot()) AS servable
+FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS after (partition, tx, pos)
+CROSS JOIN LATERAL (
+    SELECT txid FROM {table}
+    WHERE partition = after.partition AND (txid, position) > (after.tx::text::xid8, after.pos)
+    ORDER BY txid, position
+    LIMIT 1
+) AS next";
+
     /// Whether a cursor names a servable row of the partition: only those
     /// were handed out.
     pub(crate) const HANDED_OUT: &str = "\
@@ -93,6 +108,7 @@ struct Statements {
     read: String,
     last: String,
     handed_out: String,
+    news: String,
 }
 
 /// An outbox table in PostgreSQL: its schema, and the writer that appends
@@ -153,6 +169,7 @@ impl PostgresOutbox {
                 read: fill(sql::READ),
                 last: fill(sql::LAST),
                 handed_out: fill(sql::HANDED_OUT),
+                news: fill(sql::NEWS),
                 table,
                 partition_count,
             }),
@@ -247,6 +264,8 @@ impl PostgresOutbox {
     /// The feed of this table, reading with connections of `pool`.
     pub fn feed(&self, pool: PgPool) -> PostgresFeed {
         PostgresFeed {
+            signal: AppendSignal::new(self.partition_count()),
+            listener: pg_listener::shared(),
             outbox: self.clone(),
             pool,
         }
@@ -272,10 +291,25 @@ impl fmt::Debug for PostgresOutbox {
 /// A cursor is the row's `txid` and `position`, in decimal, joined by `.`;
 /// a cursor that names no servable row of its partition is
 /// [`ReadError::UnknownCursor`]. `_last` starts at the last servable row.
+///
+/// # Long polling
+///
+/// A request that asks to wait is held, without a connection, until a
+/// servable row comes past its cursors, or its deadline. The feed keeps
+/// one connection of its pool for `LISTEN` on the table's channel (from
+/// the first waiting request until the last clone of the feed is dropped);
+/// the writer's `pg_notify` reaches it at commit, never after a rollback,
+/// and wakes the requests waiting on that partition. A committed row that
+/// waits for the horizon (an older transaction still running) is looked
+/// at again after a backoff of 1 to 50 ms, never in a busy loop. If the
+/// `LISTEN` connection drops, waiting requests look every 250 ms until a
+/// new one is listening.
 #[derive(Clone)]
 pub struct PostgresFeed {
     outbox: PostgresOutbox,
     pool: PgPool,
+    signal: AppendSignal,
+    listener: Arc<AppendListenerTask>,
 }
 
 impl PostgresFeed {
@@ -292,6 +326,39 @@ impl PostgresFeed {
     /// The outbox the feed reads.
     pub fn outbox(&self) -> &PostgresOutbox {
         &self.outbox
+    }
+
+    /// The signal the feed's `LISTEN` connection notifies: its
+    /// [`waiters`](AppendSignal::waiters) are the requests waiting now.
+    pub fn append_signal(&self) -> &AppendSignal {
+        &self.signal
+    }
+
+    /// Whether the partitions of a waiting request have something past
+    /// their starts (one statement, on a pooled connection).
+    async fn look(&self, starts: &[(u32, [u64; 2])]) -> Result<Look, ReadError> {
+        let mut partitions = Vec::with_capacity(starts.len());
+        let mut txids = Vec::with_capacity(starts.len());
+        let mut positions = Vec::with_capacity(starts.len());
+        for (partition, [txid, position]) in starts {
+            partitions.push(*partition as i32);
+            txids.push(*txid as i64);
+            positions.push(*position as i64);
+        }
+        let next: Vec<bool> = sqlx::query_scalar(&self.outbox.statements.news)
+            .bind(partitions)
+            .bind(txids)
+            .bind(positions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ReadError::internal)?;
+        Ok(if next.contains(&true) {
+            Look::News
+        } else if next.is_empty() {
+            Look::Nothing
+        } else {
+            Look::Pending
+        })
     }
 
     /// Where reading `partition` from `cursor` starts (the key of the last
@@ -365,6 +432,19 @@ impl FeedReader for PostgresFeed {
             let (key, checkpoint) = self.start(&mut tx, *partition, cursor).await?;
             opening.extend(checkpoint);
             starts.push((*partition, key));
+        }
+        if context.wait_deadline().is_some() {
+            // The starts are fixed (`_last` waits for what comes after now);
+            // the wait holds no connection.
+            tx.commit().await.map_err(ReadError::internal)?;
+            self.listener
+                .ensure_started(&self.pool, self.outbox.table(), &self.signal);
+            wait_for_rows(&self.signal, &context, || self.look(&starts)).await?;
+            tx = self
+                .pool
+                .begin_with(sql::PAGE_BEGIN)
+                .await
+                .map_err(ReadError::internal)?;
         }
         let statements = Arc::clone(&self.outbox.statements);
         let selection = request.headers().clone();

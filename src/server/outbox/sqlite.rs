@@ -4,14 +4,16 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use super::event::check_partition;
 use super::page::{Budget, OutboxPage, emit_event, row_event};
+use super::wait::{Look, wait_for_rows};
 use super::{OutboxError, OutboxEvent, TableName, cursor};
 use crate::protocol::{Checkpoint, Cursor, FeedItem};
-use crate::server::{FeedReader, FeedService, ReadContext, ReadError};
+use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
 
 /// The statements, with `{table}` standing for the table name. The crate
 /// runs these and nothing else; `mod.rs` documents each of them.
@@ -40,6 +42,11 @@ LIMIT ?3";
     /// A partition's last position (for `_last`).
     pub(crate) const LAST: &str = "SELECT max(position) FROM {table} WHERE partition = ?1";
 
+    /// Whether a partition has a row after a position (the look of a
+    /// waiting request).
+    pub(crate) const NEWS: &str =
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position > ?2)";
+
     /// Whether a cursor names a row of the partition: only those were
     /// handed out.
     pub(crate) const HANDED_OUT: &str =
@@ -54,6 +61,7 @@ struct Statements {
     read: String,
     last: String,
     handed_out: String,
+    news: String,
 }
 
 /// An outbox table in SQLite: its schema, and the writer that appends
@@ -64,6 +72,13 @@ struct Statements {
 /// key, never reused) are handed out in commit order: a reader that
 /// passed a position never sees a smaller one appear later. Use WAL
 /// journal mode, so that readers do not block the writer.
+///
+/// The feeds made by [`feed`](Self::feed) from this outbox or its clones
+/// hear of its commits at once (long polling): an append sets the
+/// connection's commit hook (replacing any other), which wakes the waiting
+/// requests of those feeds whenever that connection commits. Use one
+/// `SqliteOutbox` per table in a process, cloned. Writes from other
+/// processes are seen within the feed's poll interval.
 ///
 /// Cheap to clone. See the [module docs](super#sqlite) for the table and
 /// every statement.
@@ -92,6 +107,9 @@ struct Statements {
 #[derive(Clone)]
 pub struct SqliteOutbox {
     statements: Arc<Statements>,
+    /// Notified by the commit hook of connections this writer appended on;
+    /// shared by the feeds made with [`feed`](Self::feed).
+    committed: AppendSignal,
 }
 
 impl SqliteOutbox {
@@ -110,9 +128,11 @@ impl SqliteOutbox {
                 read: fill(sql::READ),
                 last: fill(sql::LAST),
                 handed_out: fill(sql::HANDED_OUT),
+                news: fill(sql::NEWS),
                 table,
                 partition_count,
             }),
+            committed: AppendSignal::new(partition_count),
         }
     }
 
@@ -159,6 +179,7 @@ impl SqliteOutbox {
         event: &OutboxEvent,
     ) -> Result<(), OutboxError> {
         let partition = event.checked_partition(self.partition_count())?;
+        self.wake_feeds_on_commit(connection).await?;
         sqlx::query(&self.statements.append)
             .bind(i64::from(partition))
             .bind(event.headers_json())
@@ -180,6 +201,9 @@ impl SqliteOutbox {
             .iter()
             .map(|event| event.checked_partition(self.partition_count()))
             .collect::<Result<Vec<_>, _>>()?;
+        if !events.is_empty() {
+            self.wake_feeds_on_commit(connection).await?;
+        }
         for (event, partition) in events.iter().zip(partitions) {
             sqlx::query(&self.statements.append)
                 .bind(i64::from(partition))
@@ -191,9 +215,28 @@ impl SqliteOutbox {
         Ok(())
     }
 
+    /// Sets the commit hook of `connection` to wake the feeds of this
+    /// outbox. Set before the first write, so that a write outside a
+    /// transaction (committed by its own statement) wakes them too.
+    async fn wake_feeds_on_commit(
+        &self,
+        connection: &mut SqliteConnection,
+    ) -> Result<(), OutboxError> {
+        let committed = self.committed.clone();
+        // The hook runs inside the commit: it must not touch the
+        // connection. Readers it wakes that find nothing yet look again
+        // shortly after.
+        connection.lock_handle().await?.set_commit_hook(move || {
+            committed.notify_all();
+            true
+        });
+        Ok(())
+    }
+
     /// The feed of this table, reading with connections of `pool`.
     pub fn feed(&self, pool: SqlitePool) -> SqliteFeed {
         SqliteFeed {
+            signal: self.committed.clone().poll_every(SqliteFeed::DEFAULT_POLL),
             outbox: self.clone(),
             pool,
         }
@@ -218,10 +261,19 @@ impl fmt::Debug for SqliteOutbox {
 /// A cursor is the row's `position` in decimal; a cursor that names no row
 /// of its partition is [`ReadError::UnknownCursor`]. `_last` starts at the
 /// partition's last row.
+///
+/// # Long polling
+///
+/// A request that asks to wait is held, without a connection, until a row
+/// comes past its cursors, or its deadline. Commits of the feed's own
+/// [`SqliteOutbox`] (or its clones) in this process wake it at once; it
+/// also looks at the table every [poll interval](Self::poll_every), for
+/// writers in other processes.
 #[derive(Clone)]
 pub struct SqliteFeed {
     outbox: SqliteOutbox,
     pool: SqlitePool,
+    signal: AppendSignal,
 }
 
 impl SqliteFeed {
@@ -238,6 +290,40 @@ impl SqliteFeed {
     /// The outbox the feed reads.
     pub fn outbox(&self) -> &SqliteOutbox {
         &self.outbox
+    }
+
+    /// The default [poll interval](Self::poll_every).
+    pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
+
+    /// Makes waiting requests look at the table at least every `interval`
+    /// (500 ms by default; at least 1 ms): the longest delay before a
+    /// waiting request hears of an event written by another process.
+    pub fn poll_every(mut self, interval: Duration) -> Self {
+        self.signal = self.outbox.committed.clone().poll_every(interval);
+        self
+    }
+
+    /// The signal that the outbox's commits notify: its
+    /// [`waiters`](AppendSignal::waiters) are the requests waiting now.
+    pub fn append_signal(&self) -> &AppendSignal {
+        &self.signal
+    }
+
+    /// Whether a partition of a waiting request has a row past its start.
+    async fn look(&self, starts: &[(u32, i64)]) -> Result<Look, ReadError> {
+        let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
+        for (partition, after) in starts {
+            let news: bool = sqlx::query_scalar(&self.outbox.statements.news)
+                .bind(i64::from(*partition))
+                .bind(*after)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(ReadError::internal)?;
+            if news {
+                return Ok(Look::News);
+            }
+        }
+        Ok(Look::Nothing)
     }
 
     /// Where reading `partition` from `cursor` starts (the position of the
@@ -304,6 +390,13 @@ impl FeedReader for SqliteFeed {
             let (position, checkpoint) = self.start(&mut connection, *partition, cursor).await?;
             opening.extend(checkpoint);
             starts.push((*partition, position));
+        }
+        if context.wait_deadline().is_some() {
+            // The starts are fixed (`_last` waits for what comes after now);
+            // the wait holds no connection.
+            drop(connection);
+            wait_for_rows(&self.signal, &context, || self.look(&starts)).await?;
+            connection = self.pool.acquire().await.map_err(ReadError::internal)?;
         }
         let statements = Arc::clone(&self.outbox.statements);
         let selection = request.headers().clone();

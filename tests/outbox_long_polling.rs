@@ -1,0 +1,384 @@
+//! Long polling on the database feeds: a waiting request is woken by a
+//! commit in another connection and not by a rollback, ends with an empty
+//! page at its deadline, and never spins on a row that is not yet
+//! servable. The pools count every connection they hand out: each look of
+//! a waiting request takes one.
+
+mod support;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Connection, Database, PgConnection, PgPool, SqlitePool};
+use support::database;
+use support::outbox::{data, id_of};
+use support::transport::LIVENESS;
+use tokio::task::JoinHandle;
+use zeroeventhub::client::Client;
+use zeroeventhub::protocol::{Cursor, FeedRequest};
+use zeroeventhub::server::{
+    AppendSignal, FeedReader, FeedService, OutboxEvent, PostgresOutbox, SqliteOutbox, TableName,
+};
+
+/// Long enough that a request still waiting at the end of a test was never
+/// answered by its deadline.
+const LONG_WAIT: Duration = Duration::from_secs(120);
+
+/// Pool options that count the connections handed out into `taken`.
+fn counting<DB: Database>(options: PoolOptions<DB>, taken: &Arc<AtomicUsize>) -> PoolOptions<DB> {
+    let on_acquire = Arc::clone(taken);
+    let on_connect = Arc::clone(taken);
+    options
+        .before_acquire(move |_, _| {
+            on_acquire.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(true) })
+        })
+        .after_connect(move |_, _| {
+            on_connect.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        })
+}
+
+/// The ids of a page's events, and its next cursors.
+type Fetched = (Vec<String>, Vec<(u32, Cursor)>);
+
+/// Sends `request` on a task of its own; the task gives the ids of the
+/// page's events and its next cursors.
+fn spawn_fetch<R: FeedReader + Clone>(
+    service: &FeedService<R>,
+    request: FeedRequest,
+) -> JoinHandle<Fetched> {
+    let client = Client::builder("http://feed/".parse().unwrap(), 2)
+        .head_timeout(LONG_WAIT * 2)
+        .build_with(service.clone());
+    tokio::spawn(async move {
+        let page = client.fetch_page(&request).await.expect("a page");
+        let ids = page.events().iter().map(id_of).collect();
+        (ids, page.next_cursors().to_vec())
+    })
+}
+
+/// The answer of a request that must end soon.
+async fn answer<T>(fetch: JoinHandle<T>) -> T {
+    tokio::time::timeout(LIVENESS, fetch)
+        .await
+        .expect("the waiting request was never woken")
+        .unwrap()
+}
+
+/// Waits until `check` holds.
+async fn until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    tokio::time::timeout(LIVENESS, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+async fn waiting(signal: &AppendSignal, count: usize) {
+    until("requests waiting", || async { signal.waiters() == count }).await;
+}
+
+fn waiting_request(cursors: Vec<(u32, Cursor)>, wait: Duration) -> FeedRequest {
+    FeedRequest::new(2, cursors).unwrap().with_wait(wait)
+}
+
+mod postgres {
+    use super::*;
+
+    async fn setup(taken: &Arc<AtomicUsize>) -> (database::TestPostgres, PgPool, PostgresOutbox) {
+        let db = database::postgres().await;
+        let pool = counting(PgPoolOptions::new().max_connections(8), taken)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        let outbox = PostgresOutbox::new(TableName::new("events").unwrap(), 2);
+        outbox.migrate(&pool).await.unwrap();
+        (db, pool, outbox)
+    }
+
+    /// Whether the feed's `LISTEN` connection is up.
+    async fn listening(url: &str) -> bool {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+    }
+
+    async fn append(url: &str, outbox: &PostgresOutbox, id: u64, commit: bool) {
+        // A connection of its own, outside the feed's pool.
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        outbox
+            .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_in_another_connection_wakes_a_waiting_request_and_a_rollback_does_not() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        let first = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        append(&db.url, &outbox, 1, true).await;
+        let (ids, cursors) = answer(first).await;
+        assert_eq!(ids, ["e1"]);
+
+        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        // Its first look is done once the count stays still.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = taken.load(Ordering::SeqCst);
+        append(&db.url, &outbox, 2, false).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            before,
+            "a rollback made the waiting request look"
+        );
+        assert!(!second.is_finished());
+        append(&db.url, &outbox, 3, true).await;
+        let (ids, _) = answer(second).await;
+        assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+    }
+
+    #[tokio::test]
+    async fn a_row_waiting_for_the_horizon_is_looked_at_with_a_backoff() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        // An older transaction that has written, still running: rows
+        // committed after it started stay above the horizon.
+        let mut holder = PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE scratch (x integer)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut held = holder.begin().await.unwrap();
+        sqlx::raw_sql("INSERT INTO scratch VALUES (1)")
+            .execute(&mut *held)
+            .await
+            .unwrap();
+
+        let fetch = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        append(&db.url, &outbox, 1, true).await;
+        let before = taken.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let looks = taken.load(Ordering::SeqCst) - before;
+        assert!(!fetch.is_finished(), "served a row above the horizon");
+        // A look every 50 ms at most (plus the backoff's first steps), not
+        // a busy loop.
+        assert!(looks <= 40, "{looks} looks in a second");
+        assert!(looks >= 1, "the pending row was never looked at again");
+
+        held.rollback().await.unwrap();
+        let (ids, _) = answer(fetch).await;
+        assert_eq!(ids, ["e1"]);
+    }
+
+    #[tokio::test]
+    async fn a_wait_expires_with_an_empty_page() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (_db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service();
+        let fetch = spawn_fetch(
+            &service,
+            waiting_request(
+                vec![(0, Cursor::first()), (1, Cursor::last())],
+                Duration::from_secs(1),
+            ),
+        );
+        let (ids, cursors) = answer(fetch).await;
+        assert!(ids.is_empty());
+        assert_eq!(cursors, [(0, Cursor::first()), (1, Cursor::first())]);
+        assert_eq!(feed.append_signal().waiters(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_listen_connection_is_replaced() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        let first = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        let mut admin = PgConnection::connect(&db.url).await.unwrap();
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(killed, 1);
+        append(&db.url, &outbox, 1, true).await;
+        let (ids, cursors) = answer(first).await;
+        assert_eq!(ids, ["e1"]);
+
+        // A new connection listens, and wakes the next request.
+        until("LISTEN again", || listening(&db.url)).await;
+        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        append(&db.url, &outbox, 2, true).await;
+        let (ids, _) = answer(second).await;
+        assert_eq!(ids, ["e2"]);
+    }
+}
+
+mod sqlite {
+    use super::*;
+
+    async fn pool(url: &str, taken: &Arc<AtomicUsize>) -> SqlitePool {
+        let options = SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(20));
+        counting(SqlitePoolOptions::new().max_connections(4), taken)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    async fn append(pool: &SqlitePool, outbox: &SqliteOutbox, id: u64, commit: bool) {
+        let mut tx = pool.begin().await.unwrap();
+        outbox
+            .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_in_another_connection_wakes_a_waiting_request_and_a_rollback_does_not() {
+        let url = database::sqlite_url("waking");
+        let taken = Arc::new(AtomicUsize::new(0));
+        let feed_pool = pool(&url, &taken).await;
+        let writer_pool = pool(&url, &Arc::new(AtomicUsize::new(0))).await;
+        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
+        outbox.migrate(&writer_pool).await.unwrap();
+        // No polling: only the writer's commits wake a waiting request.
+        let feed = outbox.feed(feed_pool).poll_every(LONG_WAIT);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        let first = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        append(&writer_pool, &outbox, 1, true).await;
+        let (ids, cursors) = answer(first).await;
+        assert_eq!(ids, ["e1"]);
+
+        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = taken.load(Ordering::SeqCst);
+        append(&writer_pool, &outbox, 2, false).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            before,
+            "a rollback made the waiting request look"
+        );
+        assert!(!second.is_finished());
+        append(&writer_pool, &outbox, 3, true).await;
+        let (ids, _) = answer(second).await;
+        assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+    }
+
+    #[tokio::test]
+    async fn a_writer_in_another_process_is_seen_within_the_poll_interval() {
+        let url = database::sqlite_url("polling");
+        let taken = Arc::new(AtomicUsize::new(0));
+        let feed_pool = pool(&url, &taken).await;
+        let writer_pool = pool(&url, &Arc::new(AtomicUsize::new(0))).await;
+        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
+        outbox.migrate(&writer_pool).await.unwrap();
+        let feed = outbox
+            .feed(feed_pool)
+            .poll_every(Duration::from_millis(100));
+        let service = feed.service().max_wait(LONG_WAIT);
+        // Another process's writer: an outbox of its own, unknown to the
+        // feed.
+        let elsewhere = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
+
+        let fetch = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        let before = taken.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let looks = taken.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..=15).contains(&looks),
+            "{looks} looks in a second, polling every 100 ms"
+        );
+        append(&writer_pool, &elsewhere, 1, true).await;
+        let (ids, _) = answer(fetch).await;
+        assert_eq!(ids, ["e1"]);
+    }
+
+    #[tokio::test]
+    async fn a_wait_expires_with_an_empty_page() {
+        let url = database::sqlite_url("expiring");
+        let taken = Arc::new(AtomicUsize::new(0));
+        let pool = pool(&url, &taken).await;
+        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
+        outbox.migrate(&pool).await.unwrap();
+        let feed = outbox.feed(pool);
+        let fetch = spawn_fetch(
+            &feed.service(),
+            waiting_request(
+                vec![(0, Cursor::first()), (1, Cursor::last())],
+                Duration::from_secs(1),
+            ),
+        );
+        let (ids, cursors) = answer(fetch).await;
+        assert!(ids.is_empty());
+        assert_eq!(cursors, [(0, Cursor::first()), (1, Cursor::first())]);
+        assert_eq!(feed.append_signal().waiters(), 0);
+    }
+}
