@@ -1,17 +1,32 @@
-//! Serves the protocol's standard workload from a `MemoryFeed` through axum,
-//! for benchmarks, interop checks and trying a client against.
+//! Serves the protocol's standard workload from a `MemoryFeed`, or from an
+//! outbox table in PostgreSQL or SQLite, through axum, for benchmarks,
+//! interop checks and trying a client against.
 //!
 //! ```text
 //! cargo run --release --example serve -- --addr 127.0.0.1:8080 --partitions 2 --events 200000
 //!     [--token SECRET] [--append-rate N] [--max-page-size K]
 //!     [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS]
 //!     [--max-connections N] [--max-wait SECS]
+//!     [--database postgres://...|sqlite://PATH [--table NAME] [--writers W]]
 //! ```
 //!
 //! `--events` is per partition. `--token` requires `Authorization: Bearer
 //! SECRET` (401 otherwise). `--append-rate` keeps appending N events per
 //! second to every partition. Port 0 picks a free port. Once connections are
 //! accepted it prints `listening on http://ADDR/feed/v1` on stdout.
+//!
+//! With `--database` (features `postgres` and `sqlite`), the feed is the
+//! outbox table `--table` (default `events`) of that database: its schema is
+//! created if missing, `--events` are loaded only into an empty table, and
+//! appends go through the outbox writer from `--writers` tasks (default 4),
+//! each holding its transaction open a random 0-20 ms before committing, so
+//! that commit order differs from insert order. Appended events continue
+//! each partition's numbering from the largest `person_id` in the table, so
+//! their ids stay unique across restarts.
+//!
+//! On SIGINT or SIGTERM it stops appending and accepting, lets the pages
+//! being sent finish (up to 30 s), and prints `appended N events` as the
+//! last line of stdout.
 //!
 //! Connections are served by `zeroeventhub::server::Server`: a request head
 //! must arrive within `--header-timeout` (10 s), a kept-alive connection is
@@ -25,14 +40,21 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::Stream;
 use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
+use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
-use zeroeventhub::server::{FeedService, MemoryFeed, Server};
+use zeroeventhub::protocol::FeedItem;
+use zeroeventhub::server::{FeedReader, FeedService, MemoryFeed, ReadContext, ReadError, Server};
 use zeroeventhub::workload;
 
 struct Options {
@@ -44,9 +66,12 @@ struct Options {
     max_page_size: usize,
     max_wait: Duration,
     server: Server,
+    database: Option<String>,
+    table: String,
+    writers: usize,
 }
 
-const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS]";
+const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS] [--database postgres://...|sqlite://PATH] [--table NAME] [--writers W]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -58,6 +83,9 @@ fn parse_options() -> Result<Options, String> {
         max_page_size: 1_000_000,
         max_wait: FeedService::<MemoryFeed>::DEFAULT_MAX_WAIT,
         server: Server::new(),
+        database: None,
+        table: "events".to_owned(),
+        writers: 4,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -70,6 +98,9 @@ fn parse_options() -> Result<Options, String> {
             "--append-rate" => options.append_rate = parse(&flag, &value()?)?,
             "--max-page-size" => options.max_page_size = parse(&flag, &value()?)?,
             "--max-wait" => options.max_wait = Duration::from_secs(parse(&flag, &value()?)?),
+            "--database" => options.database = Some(value()?),
+            "--table" => options.table = value()?,
+            "--writers" => options.writers = parse(&flag, &value()?)?,
             "--header-timeout" => {
                 options.server = options.server.header_timeout(seconds(&flag, &value()?)?);
             }
@@ -88,6 +119,9 @@ fn parse_options() -> Result<Options, String> {
     }
     if options.partitions == 0 {
         return Err("--partitions must be at least 1".to_owned());
+    }
+    if options.writers == 0 {
+        return Err("--writers must be at least 1".to_owned());
     }
     Ok(options)
 }
@@ -118,26 +152,44 @@ async fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,sqlx::query=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
 
-    let feed = MemoryFeed::new(options.partitions);
-    workload::fill(&feed, options.events);
-    if options.append_rate > 0 {
-        tokio::spawn(append_forever(feed.clone(), options.append_rate));
-    }
-
-    let service = feed
-        .service()
-        .max_page_size(options.max_page_size)
-        .max_wait(options.max_wait);
-    let mut app = axum::Router::new().route_service("/feed/v1", service);
-    if let Some(token) = &options.token {
-        app = app.route_layer(ValidateRequestHeaderLayer::custom(BearerToken::new(token)));
-    }
-    let app = app.layer(TraceLayer::new_for_http());
+    let (stop, stopped) = watch::channel(false);
+    let pages = Arc::new(AtomicUsize::new(0));
+    let (app, appenders): (_, Vec<tokio::task::JoinHandle<u64>>) = match &options.database {
+        None => {
+            let feed = MemoryFeed::new(options.partitions);
+            workload::fill(&feed, options.events);
+            let appenders = (options.append_rate > 0)
+                .then(|| {
+                    tokio::spawn(append_forever(
+                        feed.clone(),
+                        options.append_rate,
+                        stopped.clone(),
+                    ))
+                })
+                .into_iter()
+                .collect();
+            (app(feed, &options, &pages), appenders)
+        }
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        Some(url) => match database::open(url, &options, &pages, &stopped).await {
+            Ok(served) => served,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        },
+        #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+        Some(_) => {
+            eprintln!("--database needs the `postgres` or `sqlite` feature");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let listener = match tokio::net::TcpListener::bind(options.addr).await {
         Ok(listener) => listener,
@@ -151,8 +203,103 @@ async fn main() -> ExitCode {
         .expect("a bound listener has an address");
     println!("listening on http://{addr}/feed/v1");
     let _ = std::io::stdout().flush();
-    options.server.serve(listener, app).await;
+    tokio::select! {
+        () = options.server.serve(listener, app) => {}
+        () = shutdown_signal() => {}
+    }
+
+    // Stop appending (transactions under way commit), stop accepting, and
+    // let the pages being sent finish.
+    let _ = stop.send(true);
+    let mut appended = 0u64;
+    for appender in appenders {
+        appended += appender.await.unwrap_or(0);
+    }
+    let grace = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pages.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("appended {appended} events");
+    let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
+}
+
+/// The router serving `reader`'s feed at `/feed/v1`, with the options'
+/// page size, token and tracing, counting its pages in flight in `pages`.
+fn app<R: FeedReader>(reader: R, options: &Options, pages: &Arc<AtomicUsize>) -> axum::Router {
+    let reader = Counted {
+        reader,
+        pages: Arc::clone(pages),
+    };
+    let service = FeedService::new(reader, options.partitions)
+        .max_page_size(options.max_page_size)
+        .max_wait(options.max_wait);
+    let mut app = axum::Router::new().route_service("/feed/v1", service);
+    if let Some(token) = &options.token {
+        app = app.route_layer(ValidateRequestHeaderLayer::custom(BearerToken::new(token)));
+    }
+    app.layer(TraceLayer::new_for_http())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// A reader that counts its pages being sent (not the requests still
+/// waiting for events), so that shutdown can let them finish.
+struct Counted<R> {
+    reader: R,
+    pages: Arc<AtomicUsize>,
+}
+
+impl<R: FeedReader> FeedReader for Counted<R> {
+    type Stream = CountedPage;
+
+    async fn read(&self, context: ReadContext<'_>) -> Result<CountedPage, ReadError> {
+        let stream = self.reader.read(context).await?;
+        self.pages.fetch_add(1, Ordering::SeqCst);
+        Ok(CountedPage {
+            stream: Box::pin(stream),
+            pages: Arc::clone(&self.pages),
+        })
+    }
+}
+
+struct CountedPage {
+    stream: Pin<Box<dyn Stream<Item = Result<FeedItem, ReadError>> + Send>>,
+    pages: Arc<AtomicUsize>,
+}
+
+impl Stream for CountedPage {
+    type Item = Result<FeedItem, ReadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+impl Drop for CountedPage {
+    fn drop(&mut self) {
+        self.pages.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Lets through only requests with `Authorization: Bearer <token>`.
@@ -200,17 +347,320 @@ impl<B> ValidateRequest<B> for BearerToken {
 }
 
 /// Appends `rate` standard events per second to every partition, in ticks
-/// of 10 ms.
-async fn append_forever(feed: MemoryFeed, rate: u64) {
+/// of 10 ms, until stopped; returns how many it appended.
+async fn append_forever(feed: MemoryFeed, rate: u64, mut stopped: watch::Receiver<bool>) -> u64 {
     let mut ticks = tokio::time::interval(Duration::from_millis(10));
     let mut owed = 0u64;
+    let mut appended = 0;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return appended,
+        }
         owed += rate;
         let due = owed / 100;
         owed %= 100;
         if due > 0 {
             workload::fill(&feed, due);
+            appended += due * u64::from(feed.partition_count());
         }
+    }
+}
+
+/// The feed over an outbox table, and its writers.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod database {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+    use zeroeventhub::server::{OutboxError, OutboxEvent, TableName};
+    use zeroeventhub::workload;
+
+    use super::Options;
+
+    /// Events appended per transaction at most, when writers are behind.
+    const MAX_BATCH: u64 = 1_000;
+    /// Events loaded per transaction.
+    const LOAD_BATCH: u64 = 10_000;
+
+    /// What `serve` needs of an outbox: the writer, and two questions
+    /// about the table.
+    pub(super) trait Outbox: Clone + Send + Sync + 'static {
+        /// Appends `events` in one transaction held open for `hold`
+        /// before it commits.
+        fn commit(
+            &self,
+            events: Vec<OutboxEvent>,
+            hold: Duration,
+        ) -> impl Future<Output = Result<(), OutboxError>> + Send;
+
+        /// The next unused index of each partition: one past its largest
+        /// `person_id` (0 for an empty partition).
+        fn next_indices(
+            &self,
+            partitions: u32,
+        ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send;
+    }
+
+    /// Opens the feed of `url`: the router serving it, and the writer tasks.
+    pub(super) async fn open(
+        url: &str,
+        options: &Options,
+        pages: &Arc<AtomicUsize>,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<(axum::Router, Vec<JoinHandle<u64>>), String> {
+        let table = TableName::new(&options.table).map_err(|error| error.to_string())?;
+        let connections = options.writers as u32 + 16;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(connections)
+                    .connect(url)
+                    .await
+                    .map_err(|error| format!("cannot connect to {url}: {error}"))?;
+                let outbox = zeroeventhub::server::PostgresOutbox::new(table, options.partitions);
+                outbox
+                    .migrate(&pool)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let feed = outbox.feed(pool.clone());
+                let writers = start(Postgres { pool, outbox }, options, stopped).await?;
+                return Ok((super::app(feed, options, pages), writers));
+            }
+            #[cfg(not(feature = "postgres"))]
+            return Err("this build lacks the `postgres` feature".to_owned());
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            #[cfg(feature = "sqlite")]
+            {
+                use sqlx::sqlite::{
+                    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+                };
+                let connect = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(connections)
+                    .connect_with(connect)
+                    .await
+                    .map_err(|error| format!("cannot open {path}: {error}"))?;
+                let outbox = zeroeventhub::server::SqliteOutbox::new(table, options.partitions);
+                outbox
+                    .migrate(&pool)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let feed = outbox.feed(pool.clone());
+                let writers = start(Sqlite { pool, outbox }, options, stopped).await?;
+                return Ok((super::app(feed, options, pages), writers));
+            }
+            #[cfg(not(feature = "sqlite"))]
+            return Err(format!("this build lacks the `sqlite` feature for {path}"));
+        }
+        Err(format!(
+            "--database {url:?}: not postgres://... or sqlite://PATH"
+        ))
+    }
+
+    /// Loads the workload into an empty table, and starts the writers.
+    async fn start<O: Outbox>(
+        outbox: O,
+        options: &Options,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Vec<JoinHandle<u64>>, String> {
+        let failed = |error: sqlx::Error| format!("cannot read the table: {error}");
+        let mut next = outbox
+            .next_indices(options.partitions)
+            .await
+            .map_err(failed)?;
+        if next.iter().all(|&index| index == 0) {
+            for partition in 0..options.partitions {
+                let mut index = 0;
+                while index < options.events {
+                    let end = (index + LOAD_BATCH).min(options.events);
+                    let events = (index..end)
+                        .map(|i| {
+                            OutboxEvent::in_partition(partition, workload::event_data(partition, i))
+                        })
+                        .collect();
+                    outbox
+                        .commit(events, Duration::ZERO)
+                        .await
+                        .map_err(|error| format!("cannot load the workload: {error}"))?;
+                    index = end;
+                }
+            }
+            next = outbox
+                .next_indices(options.partitions)
+                .await
+                .map_err(failed)?;
+        }
+        if options.append_rate == 0 {
+            return Ok(Vec::new());
+        }
+        let next: Arc<[AtomicU64]> = next.into_iter().map(AtomicU64::new).collect();
+        let per_writer =
+            (options.append_rate * u64::from(options.partitions)) as f64 / options.writers as f64;
+        Ok((0..options.writers)
+            .map(|writer| {
+                tokio::spawn(write(
+                    outbox.clone(),
+                    Arc::clone(&next),
+                    per_writer,
+                    writer as u64,
+                    stopped.clone(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Appends `rate` events per second, one transaction at a time, each
+    /// held open 0-20 ms, until stopped; returns how many it committed.
+    async fn write<O: Outbox>(
+        outbox: O,
+        next: Arc<[AtomicU64]>,
+        rate: f64,
+        writer: u64,
+        stopped: watch::Receiver<bool>,
+    ) -> u64 {
+        let partitions = next.len() as u64;
+        let mut random = Random::new(writer);
+        let mut turn = writer;
+        let start = Instant::now();
+        let mut appended = 0;
+        while !*stopped.borrow() {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            let owed = due.saturating_sub(appended).min(MAX_BATCH);
+            if owed == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            let events = (0..owed)
+                .map(|_| {
+                    let partition = (turn % partitions) as u32;
+                    turn += 1;
+                    let index = next[partition as usize].fetch_add(1, Ordering::Relaxed);
+                    OutboxEvent::in_partition(partition, workload::event_data(partition, index))
+                })
+                .collect();
+            let hold = Duration::from_micros(random.below(20_001));
+            match outbox.commit(events, hold).await {
+                Ok(()) => appended += owed,
+                Err(error) => {
+                    tracing::warn!(%error, "an append failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        appended
+    }
+
+    /// A small seeded random source (xorshift).
+    struct Random(u64);
+
+    impl Random {
+        fn new(seed: u64) -> Self {
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.subsec_nanos() as u64);
+            Random((seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ time | 1)
+        }
+
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound.max(1)
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[derive(Clone)]
+    struct Postgres {
+        pool: sqlx::PgPool,
+        outbox: zeroeventhub::server::PostgresOutbox,
+    }
+
+    #[cfg(feature = "postgres")]
+    impl Outbox for Postgres {
+        async fn commit(
+            &self,
+            events: Vec<OutboxEvent>,
+            hold: Duration,
+        ) -> Result<(), OutboxError> {
+            let mut tx = self.pool.begin().await?;
+            self.outbox.append_batch(&mut tx, &events).await?;
+            tokio::time::sleep(hold).await;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn next_indices(&self, partitions: u32) -> Result<Vec<u64>, sqlx::Error> {
+            let query = format!(
+                "SELECT partition, max((data->>'person_id')::bigint) FROM {} GROUP BY partition",
+                self.outbox.table()
+            );
+            let rows: Vec<(i32, Option<i64>)> =
+                sqlx::query_as(&query).fetch_all(&self.pool).await?;
+            Ok(next_indices(
+                partitions,
+                rows.into_iter().map(|(p, max)| (p as i64, max)),
+            ))
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[derive(Clone)]
+    struct Sqlite {
+        pool: sqlx::SqlitePool,
+        outbox: zeroeventhub::server::SqliteOutbox,
+    }
+
+    #[cfg(feature = "sqlite")]
+    impl Outbox for Sqlite {
+        async fn commit(
+            &self,
+            events: Vec<OutboxEvent>,
+            hold: Duration,
+        ) -> Result<(), OutboxError> {
+            let mut tx = self.pool.begin().await?;
+            self.outbox.append_batch(&mut tx, &events).await?;
+            tokio::time::sleep(hold).await;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn next_indices(&self, partitions: u32) -> Result<Vec<u64>, sqlx::Error> {
+            let query = format!(
+                "SELECT partition, max(json_extract(data, '$.person_id')) FROM {} GROUP BY partition",
+                self.outbox.table()
+            );
+            let rows: Vec<(i64, Option<i64>)> =
+                sqlx::query_as(&query).fetch_all(&self.pool).await?;
+            Ok(next_indices(partitions, rows))
+        }
+    }
+
+    /// One past the largest index of each partition, from `(partition,
+    /// largest)` rows.
+    fn next_indices(
+        partitions: u32,
+        largest: impl IntoIterator<Item = (i64, Option<i64>)>,
+    ) -> Vec<u64> {
+        let mut next = vec![0; partitions as usize];
+        for (partition, max) in largest {
+            if let (Some(slot), Some(max)) = (next.get_mut(partition as usize), max) {
+                *slot = u64::try_from(max).map_or(0, |max| max + 1);
+            }
+        }
+        next
     }
 }

@@ -100,6 +100,13 @@ pub mod consumer;
 
 pub mod workload;
 
+// The table-name rule the outbox feeds and the cursor stores share.
+#[cfg(all(
+    any(feature = "postgres", feature = "sqlite"),
+    any(feature = "server", feature = "client")
+))]
+mod table;
+
 // The README's examples are compiled with the doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -441,6 +441,54 @@ async fn sqlite_effects_and_cursors_commit_together_and_a_restart_goes_on() {
 }
 
 #[tokio::test]
+async fn a_store_keeps_its_cursors_in_tables_named_by_the_outbox_rule() {
+    use zeroeventhub::consumer::store::{InvalidTableName, TableName};
+
+    // One rule and one type for every table the crate creates.
+    let error: InvalidTableName = TableName::new("Cursors-2").unwrap_err();
+    assert!(error.to_string().contains("\"Cursors-2\""), "{error}");
+    let outbox_name: zeroeventhub::server::TableName = TableName::new("app_cursors").unwrap();
+
+    let feed = feed_with(20);
+    let options = database::sqlite_url("runtime-tables")
+        .parse::<SqliteConnectOptions>()
+        .unwrap();
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query("CREATE TABLE received (partition INTEGER NOT NULL, data TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = SqliteStore::new(pool.clone())
+        .with_tables(outbox_name, TableName::new("app_dead_letters").unwrap());
+    store.migrate().await.unwrap();
+    with_client(&feed, Transport::InProcess, |client| async move {
+        let runtime = Runtime::new(client, store, "named");
+        run_raw_until_caught_up(&runtime).await;
+    })
+    .await;
+    assert_exactly_once(received(&pool).await, 20);
+    let cursors: Vec<String> =
+        sqlx::query_scalar("SELECT cursor FROM app_cursors WHERE consumer = 'named'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(cursors, ["19", "19", "19"]);
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM app_dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(letters, 0);
+    // The default tables were never made.
+    let default_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('zeh_consumer_cursors', 'zeh_dead_letters')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(default_tables, 0);
+}
+
+#[tokio::test]
 async fn sqlite_dead_letters_are_rows_of_the_same_transaction() {
     let feed = feed_with(3);
     feed.append(

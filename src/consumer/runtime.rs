@@ -86,11 +86,9 @@ enum Fetched {
 /// Turns a raw event into the handler's type, or says why it cannot.
 type Decode<D> = fn(Event) -> Result<Event<D>, (Event, serde_json::Error)>;
 
-impl<S, St> Runtime<S, St>
-where
-    S: HttpService + Clone,
-    St: CursorStore,
-{
+// The defaults need no transport or store, so that a program can print
+// them (`Runtime::<(), ()>::DEFAULT_WAIT`) before it has either.
+impl<S, St> Runtime<S, St> {
     /// The default long-polling wait: 20 s.
     pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
     /// The default pause after a page that brought nothing, when the feed
@@ -104,7 +102,13 @@ where
     /// instance's partitions move, and a new instance gets its share,
     /// within about two of these.
     pub const DEFAULT_OWNERSHIP_INTERVAL: Duration = Duration::from_secs(1);
+}
 
+impl<S, St> Runtime<S, St>
+where
+    S: HttpService + Clone,
+    St: CursorStore,
+{
     /// A runtime for consumer `name`, reading through `client` and keeping
     /// its cursors in `store`. Instances with the same name share the
     /// partitions (when the store shares them) and the cursors.

@@ -34,8 +34,8 @@ pub struct StatsSnapshot {
     /// The partitions this instance owns, in order.
     pub owned_partitions: Vec<u32>,
     /// Whether the last page brought nothing new for any owned partition:
-    /// the consumer has read everything the feed had (and, with long
-    /// polling, nothing came during the wait).
+    /// the consumer had read everything the feed had when it asked. It
+    /// turns off when a page with events commits or ownership changes.
     pub caught_up: bool,
     /// When the last committed page with events was committed.
     pub last_event_at: Option<SystemTime>,

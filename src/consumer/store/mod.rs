@@ -15,9 +15,10 @@
 //!
 //! `migrate` creates them if they do not exist (it is safe to run at every
 //! start); the names below are the defaults, `with_tables` changes them
-//! (names are checked to be plain identifiers: a letter or `_`, then
-//! letters, digits or `_`, at most 63 bytes). Users of another database
-//! library can create and read them the same way.
+//! (each a `TableName`, the rule the outbox tables follow too: 1 to 48
+//! lowercase ASCII letters, digits and `_`, not starting with a digit).
+//! Users of another database library can create and read them the same
+//! way.
 //!
 //! ```sql
 //! -- One row per consumer name and partition: where to read from next.
@@ -70,6 +71,9 @@ pub use memory::{MemoryStore, MemoryTransaction};
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::table::{InvalidTableName, TableName};
 
 use super::DeadLetter;
 use crate::BoxError;
@@ -243,69 +247,21 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// A table name that is not a plain identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidTableName {
-    name: String,
-}
-
-impl fmt::Display for InvalidTableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "table name {:?} is not a plain identifier (a letter or `_`, then letters, digits \
-             or `_`, at most 63 bytes)",
-            crate::protocol::error::excerpt(&self.name, 80)
-        )
-    }
-}
-
-impl StdError for InvalidTableName {}
-
-/// The names of a database store's tables, checked to be identifiers so
-/// that they can be written into SQL as they are.
+/// The names of a database store's tables.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[derive(Debug, Clone)]
 pub(crate) struct TableNames {
-    pub(crate) cursors: String,
-    pub(crate) dead_letters: String,
+    pub(crate) cursors: TableName,
+    pub(crate) dead_letters: TableName,
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl TableNames {
-    pub(crate) const DEFAULT_CURSORS: &str = "zeh_consumer_cursors";
-    pub(crate) const DEFAULT_DEAD_LETTERS: &str = "zeh_dead_letters";
-
-    pub(crate) fn new(cursors: &str, dead_letters: &str) -> Result<Self, InvalidTableName> {
-        Ok(TableNames {
-            cursors: identifier(cursors)?,
-            dead_letters: identifier(dead_letters)?,
-        })
-    }
-
-    pub(crate) fn default_names() -> Self {
-        Self::new(Self::DEFAULT_CURSORS, Self::DEFAULT_DEAD_LETTERS)
-            .expect("the default names are identifiers")
-    }
-}
-
-/// `name` if it is a plain identifier: nothing in it needs quoting, and it
-/// fits PostgreSQL's 63-byte limit.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn identifier(name: &str) -> Result<String, InvalidTableName> {
-    let mut bytes = name.bytes();
-    let starts_well = bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_');
-    if starts_well
-        && name.len() <= 63
-        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
-    {
-        Ok(name.to_owned())
-    } else {
-        Err(InvalidTableName {
-            name: name.to_owned(),
-        })
+impl Default for TableNames {
+    fn default() -> Self {
+        TableNames {
+            cursors: TableName::new("zeh_consumer_cursors").expect("a plain identifier"),
+            dead_letters: TableName::new("zeh_dead_letters").expect("a plain identifier"),
+        }
     }
 }
 
@@ -378,30 +334,4 @@ fn cursors_of(partitions: &[u32], rows: &[(i64, String)]) -> Vec<(u32, Cursor)> 
         .collect();
     cursors.sort_by_key(|(partition, _)| *partition);
     cursors
-}
-
-#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names_must_be_plain_identifiers() {
-        assert!(TableNames::new("cursors_v2", "_dead").is_ok());
-        for bad in [
-            "",
-            "2cursors",
-            "a-b",
-            "a b",
-            "a;drop",
-            "\"q\"",
-            "é",
-            &"x".repeat(64),
-        ] {
-            let error = TableNames::new(bad, "ok").unwrap_err();
-            assert!(
-                error.to_string().contains("not a plain identifier"),
-                "{bad}"
-            );
-        }
-    }
 }

@@ -4,9 +4,7 @@ use std::hash::{BuildHasher, Hasher};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::Mutex;
 
-use super::{
-    CursorChange, CursorStore, InvalidTableName, Statements, StoreError, TableNames, cursors_of,
-};
+use super::{CursorChange, CursorStore, Statements, StoreError, TableName, TableNames, cursors_of};
 use crate::consumer::DeadLetter;
 use crate::consumer::ownership::share;
 use crate::protocol::Cursor;
@@ -81,7 +79,7 @@ struct Member {
 impl PostgresStore {
     /// A store in the database of `pool`, with the default table names.
     pub fn new(pool: PgPool) -> Self {
-        let tables = TableNames::default_names();
+        let tables = TableNames::default();
         let statements = Statements::new(&tables, |n| format!("${n}"));
         PostgresStore {
             pool,
@@ -91,16 +89,19 @@ impl PostgresStore {
         }
     }
 
-    /// Names the cursor table and the dead-letter table; fails on a name
-    /// that is not a plain identifier.
-    pub fn with_tables(self, cursors: &str, dead_letters: &str) -> Result<Self, InvalidTableName> {
-        let tables = TableNames::new(cursors, dead_letters)?;
+    /// Names the cursor table and the dead-letter table (defaults
+    /// `zeh_consumer_cursors` and `zeh_dead_letters`).
+    pub fn with_tables(self, cursors: TableName, dead_letters: TableName) -> Self {
+        let tables = TableNames {
+            cursors,
+            dead_letters,
+        };
         let statements = Statements::new(&tables, |n| format!("${n}"));
-        Ok(PostgresStore {
+        PostgresStore {
             tables,
             statements,
             ..self
-        })
+        }
     }
 
     /// The pool the store uses for its transactions.

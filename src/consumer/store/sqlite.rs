@@ -1,8 +1,6 @@
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::{
-    CursorChange, CursorStore, InvalidTableName, Statements, StoreError, TableNames, cursors_of,
-};
+use super::{CursorChange, CursorStore, Statements, StoreError, TableName, TableNames, cursors_of};
 use crate::consumer::DeadLetter;
 use crate::protocol::Cursor;
 
@@ -36,7 +34,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// A store in the database of `pool`, with the default table names.
     pub fn new(pool: SqlitePool) -> Self {
-        let tables = TableNames::default_names();
+        let tables = TableNames::default();
         let statements = Statements::new(&tables, |_| "?".to_owned());
         SqliteStore {
             pool,
@@ -45,16 +43,19 @@ impl SqliteStore {
         }
     }
 
-    /// Names the cursor table and the dead-letter table; fails on a name
-    /// that is not a plain identifier.
-    pub fn with_tables(self, cursors: &str, dead_letters: &str) -> Result<Self, InvalidTableName> {
-        let tables = TableNames::new(cursors, dead_letters)?;
+    /// Names the cursor table and the dead-letter table (defaults
+    /// `zeh_consumer_cursors` and `zeh_dead_letters`).
+    pub fn with_tables(self, cursors: TableName, dead_letters: TableName) -> Self {
+        let tables = TableNames {
+            cursors,
+            dead_letters,
+        };
         let statements = Statements::new(&tables, |_| "?".to_owned());
-        Ok(SqliteStore {
+        SqliteStore {
             tables,
             statements,
             ..self
-        })
+        }
     }
 
     /// The pool the store uses.

@@ -10,9 +10,9 @@ mod pg_listener;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-mod table;
 mod wait;
 
+pub use crate::table::{InvalidTableName, TableName};
 pub use error::OutboxError;
 pub use event::{OutboxEvent, partition_for_key};
 pub use page::OutboxPage;
@@ -20,7 +20,6 @@ pub use page::OutboxPage;
 pub use postgres::{PostgresFeed, PostgresOutbox};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteFeed, SqliteOutbox};
-pub use table::{InvalidTableName, TableName};
 
 #[cfg(test)]
 mod tests {

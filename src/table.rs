@@ -1,7 +1,11 @@
+//! Table names written into SQL: one rule for every table the crate
+//! creates (outbox tables, cursor and dead-letter tables).
+
 use std::fmt;
 
-/// The name of an outbox table, checked to be a plain SQL identifier, so
-/// that it can be written into SQL without quoting or escaping.
+/// The name of a table the crate creates and queries (an outbox table, a
+/// cursor store's tables), checked to be a plain SQL identifier, so that it
+/// can be written into SQL without quoting or escaping.
 ///
 /// A name is 1 to 48 bytes of lowercase ASCII letters, digits and `_`, not
 /// starting with a digit. The limit leaves room under PostgreSQL's 63-byte

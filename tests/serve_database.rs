@@ -1,0 +1,165 @@
+//! The `serve` example over a database, run as a program: it loads the
+//! workload only into an empty table, appends events with ids unique across
+//! restarts, and on SIGTERM or SIGINT stops and says how many it appended.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Lines};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use support::database;
+use support::outbox::read_to_end;
+use support::transport::LIVENESS;
+use zeroeventhub::protocol::Cursor;
+
+const PARTITIONS: u32 = 2;
+const LOADED: u64 = 50;
+
+fn serve_binary() -> PathBuf {
+    let mut features = Vec::new();
+    for (name, enabled) in [
+        ("server", cfg!(feature = "server")),
+        ("serve", cfg!(feature = "serve")),
+        ("client", cfg!(feature = "client")),
+        ("hyper-client", cfg!(feature = "hyper-client")),
+        ("rustls", cfg!(feature = "rustls")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("sqlite", cfg!(feature = "sqlite")),
+    ] {
+        if enabled {
+            features.push(name);
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "serve",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(features.join(","))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "the serve example builds");
+    // Examples sit next to the `deps` folder this test runs from.
+    let mut path = std::env::current_exe().expect("the test's path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join("examples")
+        .join(format!("serve{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A running `serve`.
+struct Serving {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    url: String,
+}
+
+impl Serving {
+    fn start(database: &str, append_rate: u64) -> Serving {
+        let mut child = Command::new(serve_binary())
+            .args(["--addr", "127.0.0.1:0", "--database", database])
+            .args(["--partitions", &PARTITIONS.to_string()])
+            .args(["--events", &LOADED.to_string()])
+            .args(["--append-rate", &append_rate.to_string()])
+            .args(["--writers", "4"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = stdout.next().expect("serve says where").unwrap();
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        Serving { child, stdout, url }
+    }
+
+    /// Sends `signal`; returns the count of the last line, `appended N
+    /// events`, once serve has exited cleanly.
+    fn stop(mut self, signal: &str) -> u64 {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let lines: Vec<String> = self.stdout.by_ref().map(Result::unwrap).collect();
+        assert!(self.child.wait().unwrap().success(), "serve exits cleanly");
+        let last = lines.last().expect("serve prints its count");
+        last.strip_prefix("appended ")
+            .and_then(|rest| rest.strip_suffix(" events"))
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected last line {last:?}"))
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event id the feed at `url` serves, once it serves at least
+/// `count`.
+async fn ids_once_at_least(url: &str, count: u64) -> Vec<String> {
+    let from_start: Vec<_> = (0..PARTITIONS).map(|p| (p, Cursor::first())).collect();
+    let give_up = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let (ids, _) = read_to_end(url, PARTITIONS, from_start.clone(), 1000, 10_000).await;
+        if ids.len() as u64 >= count {
+            return ids;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the feed served {} events, never {count}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two runs that append, then one that only reads: the table holds the
+/// loaded events once and every appended event, all with distinct ids.
+async fn appends_survive_restarts(database: &str) {
+    let loaded = LOADED * u64::from(PARTITIONS);
+    let first = Serving::start(database, 100);
+    ids_once_at_least(&first.url, loaded + 20).await;
+    let first_run = first.stop("-TERM");
+    assert!(first_run >= 20, "{first_run}");
+
+    let second = Serving::start(database, 100);
+    ids_once_at_least(&second.url, loaded + first_run + 20).await;
+    let second_run = second.stop("-INT");
+    assert!(second_run >= 20, "{second_run}");
+
+    let reading = Serving::start(database, 0);
+    let total = loaded + first_run + second_run;
+    let ids = ids_once_at_least(&reading.url, total).await;
+    assert_eq!(reading.stop("-TERM"), 0);
+    assert_eq!(ids.len() as u64, total, "the workload loaded once");
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids unique across restarts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_postgres_appends_with_unique_ids_across_restarts() {
+    let db = database::postgres().await;
+    appends_survive_restarts(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_sqlite_appends_with_unique_ids_across_restarts() {
+    let path = database::sqlite_path("serve");
+    appends_survive_restarts(&format!("sqlite://{}", path.display())).await;
+}
