@@ -156,4 +156,6 @@ fn a_cursor_shows_and_lends_its_own_text() {
     let text: &str = cursor.as_ref();
     assert_eq!(text, "a1:b=2");
     assert_eq!(Cursor::first().as_ref() as &str, "_first");
+    // Debug quotes the text, so that an empty-looking cursor still shows.
+    assert_eq!(format!("{cursor:?}"), r#""a1:b=2""#);
 }
