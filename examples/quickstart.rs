@@ -1,71 +1,81 @@
-//! A feed and its consumer, end to end, on loopback: `cargo run --example quickstart`.
+//! Two services and a feed between them, on the embedded default (SQLite,
+//! nothing to install): `cargo run --example quickstart`.
 //!
-//! A producer appends orders to an in-memory feed served by axum. A
-//! consumer reads every partition from `_first` through the default client
-//! stack and commits each page into a stand-in for its database: the events
-//! and the cursors that cover them, in one transaction. Half-way through,
-//! the consumer "crashes" and restarts from the cursors it stored. The
-//! summary at the end checks that every order was stored exactly once.
+//! - The *shop* writes each order and its `OrderPlaced` event in one
+//!   transaction: the order into its `orders` table, the event into an
+//!   outbox table ([`SqliteOutbox`]). It serves the outbox as a feed over
+//!   HTTP on loopback.
+//! - The *billing* service consumes the feed with the consumer runtime and
+//!   the SQLite cursor store: each page's events become rows of its
+//!   `invoices` table in the transaction that also moves its cursors.
+//!
+//! Half-way, billing crashes (its task is aborted wherever it is, in the
+//! middle of a page or not) and a new instance starts from its database
+//! while the shop keeps selling. The summary checks that every order was
+//! invoiced exactly once; `invoices` has no unique constraint, so a
+//! duplicate would show. Both databases are files in a temporary folder,
+//! removed at the end.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use zeroeventhub::BoxError;
 use zeroeventhub::client::Client;
-use zeroeventhub::protocol::{Cursor, Event, FeedRequest, RawJson};
-use zeroeventhub::server::MemoryFeed;
+use zeroeventhub::consumer::{Handler, Runtime, SqliteStore};
+use zeroeventhub::protocol::{Event, RawJson};
+use zeroeventhub::server::{OutboxEvent, SqliteOutbox, TableName};
 
 const PARTITIONS: u32 = 4;
-const ORDERS: u64 = 200_000;
-const PAGE_SIZE: u32 = 5_000;
+const ORDERS: u64 = 10_000;
+/// Orders per shop transaction.
+const BATCH: u64 = 50;
 
-/// The event: what a producer would publish.
+/// The event the shop publishes.
 #[derive(Serialize, Deserialize)]
 struct OrderPlaced {
     order: u64,
     customer: String,
-    amount_cents: u64,
+    amount_cents: i64,
 }
 
-/// Stands for the consumer's database: the effect of the events, and one
-/// cursor per partition, changed together or not at all.
-#[derive(Default)]
-struct Database {
-    /// Orders stored per partition, in the order they were stored.
-    orders: BTreeMap<u32, Vec<u64>>,
-    /// Orders stored more than once (must stay 0).
-    duplicates: u64,
-    cursors: BTreeMap<u32, Cursor>,
-}
+/// Billing's logic: one invoice per order, in the page's transaction.
+struct Invoicing;
 
-impl Database {
-    /// One transaction: the page's covered events and its next cursors.
-    fn commit(&mut self, events: &[Event<OrderPlaced>], cursors: &[(u32, Cursor)]) {
+impl Handler<Transaction<'static, Sqlite>, OrderPlaced> for Invoicing {
+    type Error = sqlx::Error;
+
+    async fn handle(
+        &mut self,
+        transaction: &mut Transaction<'static, Sqlite>,
+        events: &[Event<OrderPlaced>],
+    ) -> Result<(), sqlx::Error> {
         for event in events {
-            let stored = self.orders.entry(event.partition).or_default();
-            if stored.last().is_some_and(|last| *last >= event.data.order) {
-                self.duplicates += 1;
-            }
-            stored.push(event.data.order);
+            sqlx::query("INSERT INTO invoices (order_id, amount_cents) VALUES (?, ?)")
+                .bind(event.data.order as i64)
+                .bind(event.data.amount_cents)
+                .execute(&mut **transaction)
+                .await?;
         }
-        for (partition, cursor) in cursors {
-            self.cursors.insert(*partition, cursor.clone());
-        }
-    }
-
-    fn stored(&self) -> u64 {
-        self.orders.values().map(|orders| orders.len() as u64).sum()
+        Ok(())
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let folder =
+        std::env::temp_dir().join(format!("zeroeventhub-quickstart-{}", std::process::id()));
+    let outcome = match std::fs::create_dir_all(&folder) {
+        Ok(()) => run(&folder).await,
+        Err(error) => Err(error.into()),
+    };
+    let _ = std::fs::remove_dir_all(&folder);
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -75,145 +85,178 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<bool, zeroeventhub::BoxError> {
-    // The publisher: a feed, served on a free loopback port.
-    let feed = MemoryFeed::new(PARTITIONS);
-    let app = axum::Router::new().route_service("/orders/feed", feed.service());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/orders/feed", listener.local_addr()?);
-    // Small pages go out at once instead of waiting for the client's ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("feed at {url}, {PARTITIONS} partitions");
+/// A pool on the SQLite file `path`, created if missing.
+async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        // WAL (sqlx's default) with NORMAL: durable at checkpoints, not at
+        // every commit; atomic either way.
+        .synchronous(SqliteSynchronous::Normal);
+    SqlitePool::connect_with(options).await
+}
 
-    // The producer: orders arrive in bursts, spread over the partitions.
-    let produced = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(feed.clone(), Arc::clone(&produced)));
-
-    // The consumer, with the default stack: retry, timeouts, pooled HTTP.
-    let client = Client::builder(url.parse()?, PARTITIONS).build();
-    let database = Arc::new(Mutex::new(Database::default()));
+async fn run(folder: &Path) -> Result<bool, BoxError> {
     let started = Instant::now();
 
-    // A first run that "crashes" after a while, wherever it is...
-    let crashed = tokio::time::timeout(
-        Duration::from_millis(700),
-        consume(&client, &database, &produced, started),
+    // The shop: its orders, its outbox, and the outbox served as a feed.
+    let shop = open(&folder.join("shop.db")).await?;
+    sqlx::query(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, \
+         amount_cents INTEGER NOT NULL)",
     )
-    .await;
-    if crashed.is_err() {
-        let stored = database.lock().expect("database lock").stored();
-        println!("\nconsumer crashed after storing {stored} orders; restarting from its cursors");
-    }
-    // ...and a restart that reads the cursors back and goes on.
-    consume(&client, &database, &produced, started).await?;
-    producer.await??;
-
-    let database = database.lock().expect("database lock");
-    let elapsed = started.elapsed().as_secs_f64();
-    let stored = database.stored();
-    let in_order_and_complete = database.orders.iter().all(|(partition, orders)| {
-        let expected =
-            (0..ORDERS).filter(|order| order % u64::from(PARTITIONS) == u64::from(*partition));
-        orders.iter().copied().eq(expected)
-    });
+    .execute(&shop)
+    .await?;
+    let outbox = SqliteOutbox::new(TableName::new("order_events")?, PARTITIONS);
+    outbox.migrate(&shop).await?;
+    let app =
+        axum::Router::new().route_service("/orders/feed", outbox.feed(shop.clone()).service());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/orders/feed", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
-        "\nsummary: produced {ORDERS}, stored {stored}, duplicates {}, missing {}, \
-         every partition complete and in order: {in_order_and_complete}",
-        database.duplicates,
-        ORDERS.saturating_sub(stored),
+        "shop: feed at {url}, {PARTITIONS} partitions, files in {}",
+        folder.display()
     );
+    let sold = Arc::new(AtomicU64::new(0));
+    let selling = tokio::spawn(sell(shop.clone(), outbox, Arc::clone(&sold)));
+
+    // Billing, first instance: crashes once a third of the orders are in.
+    let billing_db = folder.join("billing.db");
+    let billing = open(&billing_db).await?;
+    sqlx::query("CREATE TABLE invoices (order_id INTEGER NOT NULL, amount_cents INTEGER NOT NULL)")
+        .execute(&billing)
+        .await?;
+    let store = SqliteStore::new(billing.clone());
+    store.migrate().await?;
+    let client = Client::builder(url.parse()?, PARTITIONS).build();
+    let runtime = Runtime::new(client.clone(), store, "billing").with_page_size(500);
+    let stats = runtime.stats();
+    let instance =
+        tokio::spawn(async move { runtime.run_as(Invoicing, std::future::pending()).await });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stats.wait_for(|stats| stats.events >= ORDERS / 3),
+    )
+    .await
+    .map_err(|_| "billing made no progress in 30 s")?;
+    instance.abort();
+    let _ = instance.await;
+    billing.close().await;
+    let invoiced_before = stats.snapshot().events;
     println!(
-        "{stored} orders in {elapsed:.2}s ({:.0} events/s), final cursors {:?}",
-        stored as f64 / elapsed,
-        database.cursors
+        "billing: crashed after committing {invoiced_before} invoices, {} orders sold so far \
+         (a page in flight, if any, rolled back with it)",
+        sold.load(Ordering::Relaxed)
     );
-    Ok(stored == ORDERS && database.duplicates == 0 && in_order_and_complete)
-}
 
-async fn produce(
-    feed: MemoryFeed,
-    produced: Arc<AtomicU64>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    const BURST: u64 = 4_000;
-    for start in (0..ORDERS).step_by(BURST as usize) {
-        for order in start..(start + BURST).min(ORDERS) {
-            let data = RawJson::from_serialize(&OrderPlaced {
-                order,
-                customer: format!("customer-{}", order % 997),
-                amount_cents: 100 + order % 10_000,
-            })?;
-            feed.append(Event::new((order % u64::from(PARTITIONS)) as u32, data))?;
-            produced.store(order + 1, Ordering::Relaxed);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// The consumption loop: from the stored cursors, fetch a page, commit its
-/// covered events with its cursors, go on; stop once every order produced
-/// is stored.
-async fn consume<S>(
-    client: &Client<S>,
-    database: &Mutex<Database>,
-    produced: &AtomicU64,
-    started: Instant,
-) -> Result<(), zeroeventhub::client::Error>
-where
-    S: zeroeventhub::client::HttpService + Clone,
-{
-    let mut last_report = Instant::now();
-    loop {
-        let cursors: Vec<(u32, Cursor)> = {
-            let database = database.lock().expect("database lock");
-            (0..PARTITIONS)
-                .map(|p| {
-                    (
-                        p,
-                        database
-                            .cursors
-                            .get(&p)
-                            .cloned()
-                            .unwrap_or_else(Cursor::first),
-                    )
-                })
-                .collect()
-        };
-        let request = FeedRequest::new(PARTITIONS, cursors)
-            .expect("one cursor per partition")
-            .with_page_size_hint(PAGE_SIZE);
-        let page = client.fetch_page_as::<OrderPlaced>(&request).await?;
-        let stored = {
-            let mut database = database.lock().expect("database lock");
-            database.commit(page.events(), page.next_cursors());
-            database.stored()
-        };
-
-        let produced = produced.load(Ordering::Relaxed);
-        if last_report.elapsed() > Duration::from_millis(200) || stored == ORDERS {
-            last_report = Instant::now();
-            let rate = stored as f64 / started.elapsed().as_secs_f64();
-            // Redrawn in place on a terminal, one line each otherwise.
-            let start = if std::io::stdout().is_terminal() {
-                "\r"
-            } else {
-                "\n"
-            };
-            print!(
-                "{start}stored {stored:>7} events, {rate:>9.0} events/s, lag {:>6} events",
-                produced.saturating_sub(stored)
-            );
-            let _ = std::io::stdout().flush();
-        }
-        if stored == ORDERS {
-            return Ok(());
-        }
-        if !page.made_progress() {
-            // Caught up with the producer: poll again shortly.
+    // Billing, restarted: a new process would open the file again.
+    let billing = open(&billing_db).await?;
+    let runtime =
+        Runtime::new(client, SqliteStore::new(billing.clone()), "billing").with_page_size(500);
+    let restarted = runtime.stats();
+    let everything_invoiced = async {
+        loop {
+            let invoices: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
+                .fetch_one(&billing)
+                .await
+                .unwrap_or(0);
+            if selling.is_finished() && invoices as u64 >= ORDERS {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    };
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        runtime.run_as(Invoicing, everything_invoiced),
+    )
+    .await
+    .map_err(|_| "billing did not finish in 60 s")?;
+    done?;
+    selling.await??;
+    println!(
+        "billing: restarted from its cursors, committed {} more invoices in {} pages",
+        restarted.snapshot().events,
+        restarted.snapshot().pages
+    );
+
+    // The summary, from both databases.
+    let (rows, distinct, invoiced_cents): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT order_id), coalesce(sum(amount_cents), 0) FROM invoices",
+    )
+    .fetch_one(&billing)
+    .await?;
+    let (orders, sold_cents): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(amount_cents), 0) FROM orders")
+            .fetch_one(&shop)
+            .await?;
+    let cursors: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT partition, cursor FROM zeh_consumer_cursors WHERE consumer = 'billing' \
+         ORDER BY partition",
+    )
+    .fetch_all(&billing)
+    .await?;
+    let exact = rows == orders && distinct == orders && invoiced_cents == sold_cents;
+    println!(
+        "\nsummary: {orders} orders sold, {rows} invoices, {} duplicates, {} missing, \
+         amounts {} (sold {sold_cents} cents, invoiced {invoiced_cents}); \
+         cursors {cursors:?}; {:.1} s",
+        rows - distinct,
+        orders - distinct,
+        if invoiced_cents == sold_cents {
+            "match"
+        } else {
+            "DIFFER"
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    println!(
+        "{}",
+        if exact {
+            "every order invoiced exactly once"
+        } else {
+            "NOT exactly once"
+        }
+    );
+    billing.close().await;
+    shop.close().await;
+    Ok(exact)
+}
+
+/// The shop: sells `ORDERS` orders, `BATCH` per transaction, each order and
+/// its event committed together.
+async fn sell(
+    pool: SqlitePool,
+    outbox: SqliteOutbox,
+    sold: Arc<AtomicU64>,
+) -> Result<(), BoxError> {
+    for first in (0..ORDERS).step_by(BATCH as usize) {
+        let mut transaction = pool.begin().await?;
+        let mut events = Vec::new();
+        for order in first..(first + BATCH).min(ORDERS) {
+            let placed = OrderPlaced {
+                order,
+                customer: format!("customer-{}", order % 97),
+                amount_cents: 100 + (order % 10_000) as i64,
+            };
+            sqlx::query("INSERT INTO orders (id, customer, amount_cents) VALUES (?, ?, ?)")
+                .bind(order as i64)
+                .bind(&placed.customer)
+                .bind(placed.amount_cents)
+                .execute(&mut *transaction)
+                .await?;
+            // The customer is the partition key: one customer's orders
+            // stay in order.
+            events.push(OutboxEvent::keyed(
+                &placed.customer,
+                RawJson::from_serialize(&placed)?,
+            ));
+        }
+        outbox.append_batch(&mut transaction, &events).await?;
+        transaction.commit().await?;
+        sold.fetch_add(events.len() as u64, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    Ok(())
 }

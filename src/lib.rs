@@ -69,8 +69,73 @@
 //! # }
 //! ```
 //!
-//! `examples/quickstart.rs` runs both over real HTTP, with a producer, a
-//! consumer that commits exactly once, and a summary that proves it.
+//! # Consuming into your database
+//!
+//! `consumer::Runtime` is the loop, done once: it hands each page's events
+//! to your handler with an open transaction of your database, stores the
+//! next cursors in the same transaction, and commits, retrying what fails
+//! and sharing partitions between instances (on PostgreSQL).
+//!
+//! ```
+//! # #[cfg(all(feature = "server", feature = "sqlite"))]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use sqlx::{Sqlite, Transaction};
+//! use zeroeventhub::client::Client;
+//! use zeroeventhub::consumer::{Handler, Runtime, SqliteStore};
+//! use zeroeventhub::protocol::{Event, RawJson};
+//! use zeroeventhub::server::MemoryFeed;
+//!
+//! /// Keeps each event's data as a row, in the page's transaction.
+//! struct Keep;
+//!
+//! impl Handler<Transaction<'static, Sqlite>> for Keep {
+//!     type Error = sqlx::Error;
+//!
+//!     async fn handle(
+//!         &mut self,
+//!         transaction: &mut Transaction<'static, Sqlite>,
+//!         events: &[Event],
+//!     ) -> Result<(), sqlx::Error> {
+//!         for event in events {
+//!             sqlx::query("INSERT INTO kept (data) VALUES (?)")
+//!                 .bind(event.data.as_str())
+//!                 .execute(&mut **transaction)
+//!                 .await?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let feed = MemoryFeed::new(2);
+//! feed.append(Event::new(0, RawJson::from_bytes(r#"{"hello":"world"}"#)?))?;
+//! let client = Client::builder("http://localhost/feed/v1".parse()?, 2).build_with(feed.service());
+//!
+//! // One connection: each connection to `sqlite::memory:` is a database of its own.
+//! let pool = sqlx::sqlite::SqlitePoolOptions::new()
+//!     .max_connections(1)
+//!     .connect("sqlite::memory:")
+//!     .await?;
+//! sqlx::query("CREATE TABLE kept (data TEXT NOT NULL)").execute(&pool).await?;
+//! let store = SqliteStore::new(pool.clone());
+//! store.migrate().await?;
+//!
+//! let runtime = Runtime::new(client, store, "keeper");
+//! let stats = runtime.stats();
+//! // Here it stops once caught up; a service stops it on SIGTERM.
+//! runtime.run(Keep, async move { stats.wait_for(|stats| stats.caught_up).await; }).await?;
+//! let kept: Vec<String> = sqlx::query_scalar("SELECT data FROM kept").fetch_all(&pool).await?;
+//! assert_eq!(kept, [r#"{"hello":"world"}"#]);
+//! # Ok(())
+//! # }
+//! # #[cfg(all(feature = "server", feature = "sqlite"))]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! `examples/quickstart.rs` runs it all on SQLite files over real HTTP: a
+//! shop that writes orders and their events in one transaction (an outbox
+//! table) and serves them, a billing service that consumes them with the
+//! runtime, crashes half-way and restarts, and a summary that checks every
+//! order was invoiced exactly once.
 //!
 //! # Features
 //!
@@ -78,11 +143,11 @@
 //! |----------------|---------|--------------|
 //! | `server`       | yes     | `FeedService`, `FeedReader`, `MemoryFeed` |
 //! | `serve`        | yes     | `Server`: TCP serving with header, idle and stall timeouts and a connection cap |
-//! | `client`       | yes     | the client over any HTTP service, pages, retry policy |
+//! | `client`       | yes     | the client over any HTTP service, pages, retry policy, the consumer runtime |
 //! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
-//! | `sqlite`       | yes     | with `server`: `SqliteOutbox` and `SqliteFeed`, an outbox table and its feed over SQLite |
-//! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL |
+//! | `sqlite`       | yes     | with `server`: `SqliteOutbox` and `SqliteFeed`, an outbox table and its feed over SQLite; with `client`: the cursor store `SqliteStore` |
+//! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL; with `client`: `PostgresStore`, whose instances share the partitions |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -28,7 +28,7 @@ use zeroeventhub::server::MemoryFeed;
 const PARTITIONS: u32 = 4;
 const FAULTS: usize = 1_000;
 /// The chance, in percent, of a fault at each chance of one.
-const PERCENT: u64 = 12;
+const PERCENT: u64 = 15;
 
 /// Inserts each event into `received`, then fails when the plan says so.
 struct Received {
@@ -50,6 +50,13 @@ impl Handler<Transaction<'static, Sqlite>> for Received {
                 .execute(&mut **transaction)
                 .await?;
         }
+        self.maybe_fail()
+    }
+}
+
+impl Received {
+    /// Fails after the inserts, when the plan says so.
+    fn maybe_fail(&self) -> Result<(), BoxError> {
         if self.plan.inject(Fault::Handler, PERCENT) {
             return Err("injected handler failure".into());
         }
@@ -57,17 +64,16 @@ impl Handler<Transaction<'static, Sqlite>> for Received {
     }
 }
 
-/// The SQLite store, whose commits fail when the plan says so: half of
-/// them before committing (rolled back), half after (committed, yet
-/// reported as failed, as when the connection drops during COMMIT).
-#[derive(Clone)]
-struct FlakyStore {
-    inner: SqliteStore,
+/// A store whose commits fail when the plan says so: half of them before
+/// committing (rolled back), half after (committed, yet reported as failed,
+/// as when the connection drops during COMMIT).
+struct FlakyStore<St> {
+    inner: St,
     plan: FaultPlan,
 }
 
-impl CursorStore for FlakyStore {
-    type Transaction = Transaction<'static, Sqlite>;
+impl<St: CursorStore> CursorStore for FlakyStore<St> {
+    type Transaction = St::Transaction;
 
     async fn begin(&self) -> Result<Self::Transaction, StoreError> {
         self.inner.begin().await
@@ -125,7 +131,7 @@ impl CursorStore for FlakyStore {
 async fn produce(feed: MemoryFeed, stop: Arc<AtomicBool>) -> u64 {
     let mut index = 0;
     while !stop.load(Ordering::Relaxed) {
-        for _ in 0..5 {
+        for _ in 0..2 {
             for partition in 0..PARTITIONS {
                 let data =
                     RawJson::from_serialize(&serde_json::json!({"p": partition, "i": index}))
@@ -139,18 +145,16 @@ async fn produce(feed: MemoryFeed, stop: Arc<AtomicBool>) -> u64 {
     index
 }
 
-async fn count(pool: &SqlitePool) -> u64 {
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM received")
-        .fetch_one(pool)
+/// Every row of `received`, (partition, data).
+async fn rows(pool: &SqlitePool) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT partition, data FROM received")
+        .fetch_all(pool)
         .await
-        .unwrap();
-    count as u64
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_faults_and_every_event_exactly_once() {
-    let plan = FaultPlan::new(FAULTS, 0x5eed_cafe);
-    let feed = MemoryFeed::new(PARTITIONS);
     let options = database::sqlite_url("chaos")
         .parse::<SqliteConnectOptions>()
         .unwrap()
@@ -162,17 +166,18 @@ async fn a_thousand_faults_and_every_event_exactly_once() {
         .unwrap();
     let sqlite = SqliteStore::new(pool.clone());
     sqlite.migrate().await.unwrap();
-    let store = FlakyStore {
-        inner: sqlite,
-        plan: plan.clone(),
-    };
+    // Every "process" makes its store anew over the same database.
+    let store = move || sqlite.clone();
 
+    let started = std::time::Instant::now();
+    let plan = FaultPlan::new(FAULTS, 0x5eed_cafe);
+    let feed = MemoryFeed::new(PARTITIONS);
     let stop = Arc::new(AtomicBool::new(false));
     let mut producer = tokio::spawn(produce(feed.clone(), Arc::clone(&stop)));
 
-    // Each turn is one "process": a new client and runtime over the same
-    // database, dropped after a random while (a restart fault) unless the
-    // work is done. Bounded: the faults come at a steady rate.
+    // Each turn is one "process": a new client, store and runtime over the
+    // same database, dropped after a random while (a restart fault) unless
+    // the work is done. Bounded: the faults come at a steady rate.
     let mut expected = None;
     for turn in 0.. {
         assert!(turn < 20_000, "the chaos test makes progress");
@@ -186,11 +191,15 @@ async fn a_thousand_faults_and_every_event_exactly_once() {
         let client = Client::builder("http://feed.test/v1".parse().unwrap(), PARTITIONS)
             .max_attempts(1)
             .build_with(Cutting::new(feed.service(), plan.clone(), PERCENT));
-        let runtime = Runtime::new(client, store.clone(), "chaos")
+        let store = FlakyStore {
+            inner: store(),
+            plan: plan.clone(),
+        };
+        let runtime = Runtime::new(client, store, "chaos")
             .with_page_size(40)
             .with_poll_interval(Duration::from_millis(1))
             .with_backoff(Duration::from_millis(1), Duration::from_millis(4));
-        let lifetime = Duration::from_millis(5 + plan.below(60));
+        let lifetime = Duration::from_millis(3 + plan.below(25));
         let handler = Received { plan: plan.clone() };
         if let Ok(result) =
             tokio::time::timeout(lifetime, runtime.run(handler, std::future::pending())).await
@@ -206,24 +215,26 @@ async fn a_thousand_faults_and_every_event_exactly_once() {
     // The faults are over: one last runtime catches up with the feed.
     let client = Client::builder("http://feed.test/v1".parse().unwrap(), PARTITIONS)
         .build_with(feed.service());
-    let runtime = Runtime::new(client, store.clone(), "chaos").with_page_size(500);
+    let runtime = Runtime::new(client, store(), "chaos").with_page_size(500);
     let stats = runtime.stats();
+    let watched = stats.clone();
     let done = async move {
         stats.wait_for(|stats| stats.caught_up).await;
     };
-    tokio::time::timeout(
+    let caught_up = tokio::time::timeout(
         Duration::from_secs(30),
         runtime.run(Received { plan: plan.clone() }, done),
     )
-    .await
-    .expect("the last runtime catches up")
-    .unwrap();
-    assert_eq!(count(&pool).await, expected);
+    .await;
+    assert!(
+        caught_up.is_ok(),
+        "the last runtime catches up: {:?}",
+        watched.snapshot()
+    );
+    caught_up.unwrap().unwrap();
 
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT partition, data FROM received")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows = rows(&pool).await;
+    assert_eq!(rows.len() as u64, expected);
     let mut seen = BTreeSet::new();
     for (partition, data) in rows {
         let value: serde_json::Value = serde_json::from_str(&data).unwrap();
@@ -253,8 +264,9 @@ async fn a_thousand_faults_and_every_event_exactly_once() {
         );
     }
     println!(
-        "{expected} events, {} faults: {} cuts, {} handler, {} restarts, {} commits",
+        "{expected} events, {} faults in {:.1} s: {} cuts, {} handler, {} restarts, {} commits",
         plan.injected(),
+        started.elapsed().as_secs_f64(),
         plan.count(Fault::CutMidPage),
         plan.count(Fault::Handler),
         plan.count(Fault::Restart),

@@ -4,7 +4,8 @@
 //!
 //! - [`Client::builder`] assembles the default stack: retry with
 //!   [`RetryPolicy`] (connection failures, `429`, `502`-`504`, with backoff
-//!   and `Retry-After`), a timeout on each attempt's response head, your own
+//!   and `Retry-After`), a timeout on each attempt's response head
+//!   ([`HeadTimeout`], which a long-polling request's wait extends), your own
 //!   layers (auth, tracing), and hyper-util's pooled client
 //!   (`ClientBuilder::build`, feature `hyper-client`) or any transport
 //!   ([`ClientBuilder::build_with`]). [`Client::new`] takes any
