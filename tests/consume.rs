@@ -7,10 +7,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
@@ -20,71 +19,6 @@ use support::transport::LIVENESS;
 use tokio::process::{Child, Command};
 use zeroeventhub::protocol::{Event, RawJson};
 use zeroeventhub::server::MemoryFeed;
-
-/// Builds the example with the features of this test, once, and returns
-/// its path.
-fn consume_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_consume).clone()
-}
-
-fn build_consume() -> PathBuf {
-    let features: Vec<&str> = [
-        ("server", cfg!(feature = "server")),
-        ("serve", cfg!(feature = "serve")),
-        ("client", cfg!(feature = "client")),
-        ("hyper-client", cfg!(feature = "hyper-client")),
-        ("rustls", cfg!(feature = "rustls")),
-        ("sqlite", cfg!(feature = "sqlite")),
-        ("postgres", cfg!(feature = "postgres")),
-    ]
-    .into_iter()
-    .filter_map(|(name, enabled)| enabled.then_some(name))
-    .collect();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    // `cargo test` sets these for this test; a dependency's build script
-    // (ring's) watches some of them, and would rebuild for them here and
-    // again for the next plain `cargo build`.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-            || name == "CARGO_TARGET_TMPDIR"
-        {
-            command.env_remove(&*name);
-        }
-    }
-    let status = command
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "consume",
-            "--no-default-features",
-            "--features",
-        ])
-        .arg(features.join(","))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "the consume example builds");
-    // Examples sit next to the `deps` folder this test runs from.
-    let mut path = std::env::current_exe().expect("the test's path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples")
-        .join(format!("consume{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// Appends `{"p":P,"i":I}` for `indices` to every partition of `feed`.
 fn append(feed: &MemoryFeed, indices: std::ops::Range<u64>) {
@@ -108,7 +42,7 @@ async fn serve(feed: &MemoryFeed) -> String {
 
 /// Starts `consume` reading `url` into `database` as consumer `name`.
 fn start(url: &str, partitions: u32, database: &str, name: &str, extra: &[&str]) -> Child {
-    Command::new(consume_binary())
+    Command::new(support::examples::binary("consume"))
         .arg(url)
         .args(["--partitions", &partitions.to_string()])
         .args(["--database", database, "--name", name])

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Lines};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -18,46 +17,6 @@ use zeroeventhub::protocol::Cursor;
 const PARTITIONS: u32 = 2;
 const LOADED: u64 = 50;
 
-fn serve_binary() -> PathBuf {
-    let mut features = Vec::new();
-    for (name, enabled) in [
-        ("server", cfg!(feature = "server")),
-        ("serve", cfg!(feature = "serve")),
-        ("client", cfg!(feature = "client")),
-        ("hyper-client", cfg!(feature = "hyper-client")),
-        ("rustls", cfg!(feature = "rustls")),
-        ("postgres", cfg!(feature = "postgres")),
-        ("sqlite", cfg!(feature = "sqlite")),
-    ] {
-        if enabled {
-            features.push(name);
-        }
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "serve",
-            "--no-default-features",
-            "--features",
-        ])
-        .arg(features.join(","))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "the serve example builds");
-    // Examples sit next to the `deps` folder this test runs from.
-    let mut path = std::env::current_exe().expect("the test's path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples")
-        .join(format!("serve{}", std::env::consts::EXE_SUFFIX))
-}
-
 /// A running `serve`.
 struct Serving {
     child: Child,
@@ -67,7 +26,7 @@ struct Serving {
 
 impl Serving {
     fn start(database: &str, append_rate: u64) -> Serving {
-        let mut child = Command::new(serve_binary())
+        let mut child = Command::new(support::examples::binary("serve"))
             .args(["--addr", "127.0.0.1:0", "--database", database])
             .args(["--partitions", &PARTITIONS.to_string()])
             .args(["--events", &LOADED.to_string()])

@@ -168,33 +168,6 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_the_reader_dropped() {
         .unwrap();
 }
 
-/// Builds the `serve` example and returns its path.
-fn serve_binary() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "serve",
-            "--no-default-features",
-            "--features",
-            "serve",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "the serve example builds");
-    // Examples sit next to the `deps` folder this test runs from.
-    let mut path = std::env::current_exe().expect("the test's path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples")
-        .join(format!("serve{}", std::env::consts::EXE_SUFFIX))
-}
-
 /// The `serve` example limited to 40 file descriptors, given more silent
 /// connections than it can hold: accepts fail, back off, and resume as the
 /// header timeout (1 s here, in real time) frees descriptors, so that a
@@ -204,7 +177,7 @@ fn running_out_of_file_descriptors_is_recovered_from() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::{Command, Stdio};
 
-    let serve = serve_binary();
+    let serve = support::examples::binary("serve");
     let mut child = Command::new("sh")
         .arg("-c")
         .arg("ulimit -n 40 && exec \"$0\" --addr 127.0.0.1:0 --partitions 1 --events 3 --header-timeout 1")

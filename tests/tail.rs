@@ -8,49 +8,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-fn tail_binary() -> PathBuf {
-    example_binary("tail")
+mod support {
+    pub(crate) mod examples;
 }
 
-/// Builds example `name` with the features of this test (both examples
-/// with the same ones, so that they share one build of the crate) and
-/// returns its path.
-fn example_binary(name: &str) -> PathBuf {
-    let mut features = Vec::new();
-    for (name, enabled) in [
-        ("server", cfg!(feature = "server")),
-        ("serve", cfg!(feature = "serve")),
-        ("client", cfg!(feature = "client")),
-        ("hyper-client", cfg!(feature = "hyper-client")),
-        ("rustls", cfg!(feature = "rustls")),
-    ] {
-        if enabled {
-            features.push(name);
-        }
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            name,
-            "--no-default-features",
-            "--features",
-        ])
-        .arg(features.join(","))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "the {name} example builds");
-    // Examples sit next to the `deps` folder this test runs from.
-    let mut path = std::env::current_exe().expect("the test's path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+fn tail_binary() -> PathBuf {
+    support::examples::binary("tail")
 }
 
 /// A feed of `partitions` x `per_partition` numbered events, served on a
@@ -741,7 +704,7 @@ fn eventually(done: impl Fn() -> bool) {
 #[cfg(feature = "serve")]
 #[test]
 fn serve_holds_a_waiting_request_no_longer_than_its_max_wait() {
-    let serve = example_binary("serve");
+    let serve = support::examples::binary("serve");
     let mut server = Command::new(serve)
         .args([
             "--addr",

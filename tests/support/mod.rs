@@ -6,6 +6,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod database;
+pub(crate) mod examples;
 pub(crate) mod faults;
 #[cfg(all(
     feature = "hyper-client",
