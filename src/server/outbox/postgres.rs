@@ -421,31 +421,39 @@ impl FeedReader for PostgresFeed {
 
     async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
         let request = context.request();
-        let mut tx = self
-            .pool
-            .begin_with(sql::PAGE_BEGIN)
-            .await
-            .map_err(ReadError::internal)?;
         let mut starts = Vec::with_capacity(request.cursors().len());
         let mut opening = Vec::new();
-        for (partition, cursor) in request.cursors() {
-            let (key, checkpoint) = self.start(&mut tx, *partition, cursor).await?;
-            opening.extend(checkpoint);
-            starts.push((*partition, key));
-        }
-        if context.wait_deadline().is_some() {
-            // The starts are fixed (`_last` waits for what comes after now);
-            // the wait holds no connection.
-            tx.commit().await.map_err(ReadError::internal)?;
+        let mut tx = if context.wait_deadline().is_some() {
+            // Single statements, outside a transaction: the starts are
+            // fixed (`_last` waits for what comes after now), and the wait
+            // holds no connection.
+            let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
+            for (partition, cursor) in request.cursors() {
+                let (key, checkpoint) = self.start(&mut connection, *partition, cursor).await?;
+                opening.extend(checkpoint);
+                starts.push((*partition, key));
+            }
+            drop(connection);
             self.listener
                 .ensure_started(&self.pool, self.outbox.table(), &self.signal);
             wait_for_rows(&self.signal, &context, || self.look(&starts)).await?;
-            tx = self
+            self.pool
+                .begin_with(sql::PAGE_BEGIN)
+                .await
+                .map_err(ReadError::internal)?
+        } else {
+            let mut tx = self
                 .pool
                 .begin_with(sql::PAGE_BEGIN)
                 .await
                 .map_err(ReadError::internal)?;
-        }
+            for (partition, cursor) in request.cursors() {
+                let (key, checkpoint) = self.start(&mut tx, *partition, cursor).await?;
+                opening.extend(checkpoint);
+                starts.push((*partition, key));
+            }
+            tx
+        };
         let statements = Arc::clone(&self.outbox.statements);
         let selection = request.headers().clone();
         let mut budget = Budget::new(context.page_size(), starts.len());
