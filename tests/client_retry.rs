@@ -366,6 +366,21 @@ async fn an_unbounded_max_retry_after_is_clamped_to_the_ceiling() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_ceiling_is_fifteen_minutes_and_a_wait_below_it_is_honoured() {
+    assert_eq!(RetryPolicy::CEILING, Duration::from_secs(15 * 60));
+    // Ten minutes is under the ceiling: with the largest setting, waited.
+    let script = Script::new([retry_after(503, "600"), ok_page()]);
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .max_retry_after(Duration::MAX)
+        .page_timeout(Duration::MAX)
+        .build_with(script.transport());
+    let started = Instant::now();
+    read_page(&client).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(600));
+    assert_eq!(script.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lower_max_retry_after_returns_what_the_default_would_wait_for() {
     let policy = RetryPolicy::new().with_max_retry_after(Duration::from_secs(5));
     assert_eq!(policy.max_retry_after(), Duration::from_secs(5));
