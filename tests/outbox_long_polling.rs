@@ -21,7 +21,7 @@ use support::outbox::{data, id_of};
 use support::transport::LIVENESS;
 use tokio::task::JoinHandle;
 use zeroeventhub::client::Client;
-use zeroeventhub::protocol::{Cursor, FeedRequest};
+use zeroeventhub::protocol::{Cursor, FeedRequest, HeaderSelection};
 use zeroeventhub::server::{
     AppendSignal, FeedReader, FeedService, OutboxEvent, PostgresOutbox, SqliteOutbox, TableName,
 };
@@ -165,6 +165,109 @@ mod postgres {
         append(&db.url, &outbox, 3, true).await;
         let (ids, _) = answer(second).await;
         assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+    }
+
+    #[tokio::test]
+    async fn one_commit_wakes_the_requests_of_its_partition_with_shared_looks_and_pages() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        let on_zero: Vec<_> = (0..30)
+            .map(|_| {
+                spawn_fetch(
+                    &service,
+                    waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+                )
+            })
+            .collect();
+        let on_one: Vec<_> = (0..10)
+            .map(|_| {
+                spawn_fetch(
+                    &service,
+                    waiting_request(vec![(1, Cursor::last())], LONG_WAIT),
+                )
+            })
+            .collect();
+        waiting(feed.append_signal(), 40).await;
+        until("LISTEN", || listening(&db.url)).await;
+        // The first looks are done once the count stays still.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = taken.load(Ordering::SeqCst);
+        append(&db.url, &outbox, 1, true).await;
+        for fetch in on_zero {
+            let (ids, _) = answer(fetch).await;
+            assert_eq!(ids, ["e1"]);
+        }
+        // The woken requests share their looks and their page: a few
+        // queries between them, not two or more each.
+        let connections = taken.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..=10).contains(&connections),
+            "{connections} connections for 30 woken requests"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            on_one.iter().all(|fetch| !fetch.is_finished()),
+            "a commit to partition 0 answered a request waiting on partition 1"
+        );
+        assert_eq!(feed.append_signal().waiters(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_shared_page_keeps_each_requests_headers_and_stops_at_a_thousand_events() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+        let fetch = |headers: HeaderSelection| {
+            let client = Client::builder("http://feed/".parse().unwrap(), 2)
+                .head_timeout(LONG_WAIT * 2)
+                .build_with(service.clone());
+            let request = waiting_request(vec![(0, Cursor::last())], LONG_WAIT)
+                .with_headers(headers)
+                .with_page_size_hint(5000);
+            tokio::spawn(async move {
+                let page = client.fetch_page(&request).await.expect("a page");
+                (page.events().to_vec(), page.next_request(&request))
+            })
+        };
+        let plain = fetch(HeaderSelection::None);
+        let with_headers = fetch(HeaderSelection::All);
+        waiting(feed.append_signal(), 2).await;
+        until("LISTEN", || listening(&db.url)).await;
+
+        // 1,500 events in one commit: more than a woken page holds.
+        let mut connection = PgConnection::connect(&db.url).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        let events: Vec<_> = (0..1500)
+            .map(|id| OutboxEvent::in_partition(0, data(id)).with_header("trace", "t"))
+            .collect();
+        outbox.append_batch(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let (plain, next) = answer(plain).await;
+        let (with_headers, _) = answer(with_headers).await;
+        assert_eq!(plain.len(), 1000);
+        assert_eq!(with_headers.len(), 1000);
+        assert!(plain.iter().all(|event| event.headers.is_empty()));
+        assert!(
+            with_headers
+                .iter()
+                .all(|event| event.headers.get("trace").map(String::as_str) == Some("t"))
+        );
+        // The rest comes at once on the next request.
+        let client = Client::builder("http://feed/".parse().unwrap(), 2)
+            .head_timeout(LONG_WAIT * 2)
+            .build_with(service.clone());
+        let rest = tokio::time::timeout(LIVENESS, client.fetch_page(&next))
+            .await
+            .expect("the rest came at once")
+            .unwrap();
+        let ids: Vec<_> = plain.iter().chain(rest.events()).map(id_of).collect();
+        let expected: Vec<_> = (0..1500).map(|id| format!("e{id}")).collect();
+        assert_eq!(ids, expected);
     }
 
     #[tokio::test]

@@ -185,6 +185,15 @@ async fn first_last_and_cursors_never_handed_out() {
             Some(http::StatusCode::BAD_REQUEST),
             "{foreign}"
         );
+        // Beside a good cursor, plain or waiting, the error names the
+        // partition whose cursor is foreign.
+        let both = request(2, [(0, at_end.clone()), (1, Cursor::new(foreign).unwrap())]);
+        for request in [both.clone(), both.with_wait(Duration::from_secs(5))] {
+            let error = client.fetch_page(&request).await.unwrap_err();
+            assert_eq!(error.status(), Some(http::StatusCode::BAD_REQUEST));
+            let body = error.body_excerpt().unwrap_or_default();
+            assert!(body.contains("\"cursor1\""), "{foreign}: {body}");
+        }
     }
 }
 
@@ -224,13 +233,15 @@ async fn the_page_is_shared_among_partitions_like_the_memory_feed() {
 
 /// The scenario of the commit-order race: 8 writers hold their
 /// transactions open for random times and roll back one in ten, while 4
-/// consumers read right behind them in small pages.
+/// consumers (two of them long polling) read right behind them in small
+/// pages.
 const RACE: Race = Race {
     writers: 8,
     events: 20_000,
     batch: 12,
     max_hold: Duration::from_millis(4),
     consumers: 4,
+    waiting_consumers: 2,
     page_size: 50,
 };
 

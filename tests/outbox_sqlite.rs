@@ -205,6 +205,7 @@ async fn concurrent_writers_and_readers_see_every_event_exactly_once() {
         batch: 12,
         max_hold: Duration::from_millis(1),
         consumers: 4,
+        waiting_consumers: 2,
         page_size: 50,
     };
     let writer_outbox = outbox.clone();

@@ -9,7 +9,7 @@ use super::query::{QUERY_VALUE, for_each_pair, parse_digits};
 use super::{Cursor, RequestError};
 
 /// Which event headers a consumer wants in the response.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum HeaderSelection {
     /// No headers (the default).
     #[default]

@@ -59,6 +59,9 @@ pub(crate) struct Race {
     pub(crate) max_hold: Duration,
     /// Consumers reading while the writers write.
     pub(crate) consumers: usize,
+    /// How many of them long poll (`wait=1`) instead of asking again at
+    /// once: woken together, they share their looks and pages.
+    pub(crate) waiting_consumers: usize,
     pub(crate) page_size: u32,
 }
 
@@ -136,7 +139,7 @@ where
     let committed_count = Arc::new(AtomicU64::new(0));
 
     let consumers: Vec<_> = (0..race.consumers)
-        .map(|_| {
+        .map(|consumer| {
             let url = feed_url.to_owned();
             let writing = Arc::clone(&writing);
             let committed_count = Arc::clone(&committed_count);
@@ -144,6 +147,7 @@ where
                 url,
                 partitions,
                 race.page_size,
+                consumer < race.waiting_consumers,
                 writing,
                 committed_count,
             ))
@@ -202,13 +206,15 @@ where
     }
 }
 
-/// Reads from `_first` in pages of `page_size` until the writers have
-/// stopped and a page brings nothing new, having seen as many events as
-/// were committed (or, for a feed that lost some, after a grace second).
+/// Reads from `_first` in pages of `page_size` (long polling if `waits`)
+/// until the writers have stopped and a page brings nothing new, having
+/// seen as many events as were committed (or, for a feed that lost some,
+/// after a grace second).
 async fn consume_behind_writers(
     url: String,
     partitions: u32,
     page_size: u32,
+    waits: bool,
     writing: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
 ) -> Vec<String> {
@@ -216,6 +222,9 @@ async fn consume_behind_writers(
     let mut request = FeedRequest::new(partitions, (0..partitions).map(|p| (p, Cursor::first())))
         .unwrap()
         .with_page_size_hint(page_size);
+    if waits {
+        request = request.with_wait(Duration::from_secs(1));
+    }
     let mut seen = Vec::new();
     let mut stopped_at = None;
     loop {

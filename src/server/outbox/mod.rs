@@ -5,7 +5,11 @@ mod error;
 mod event;
 mod page;
 #[cfg(feature = "postgres")]
+mod pg_heads;
+#[cfg(feature = "postgres")]
 mod pg_listener;
+#[cfg(feature = "postgres")]
+mod pg_pages;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -37,9 +41,8 @@ mod tests {
                 sql::APPEND,
                 sql::APPEND_BATCH,
                 sql::READ,
-                sql::LAST,
+                sql::HEADS,
                 sql::HANDED_OUT,
-                sql::NEWS,
             ] {
                 assert!(docs.contains(statement), "undocumented: {statement}");
             }

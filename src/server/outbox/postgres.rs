@@ -3,17 +3,19 @@
 
 use std::fmt;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::postgres::PgRow;
-use sqlx::{Acquire, PgConnection, PgPool, Postgres, Row};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::event::check_partition;
 use super::page::{Budget, OutboxPage, emit_event, row_event};
+use super::pg_heads::{Heads, SharedLook, heads_by_partition, look_from};
 use super::pg_listener::{self, AppendListenerTask};
+use super::pg_pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
 use super::wait::{Look, wait_for_rows};
 use super::{OutboxError, OutboxEvent, TableName, cursor};
-use crate::protocol::{Checkpoint, Cursor, FeedItem};
+use crate::protocol::{Checkpoint, Cursor, FeedItem, HeaderSelection};
 use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
 
 /// The statements, with `{table}` standing for the table name. The crate
@@ -67,35 +69,38 @@ WHERE partition = $1 AND (txid, position) > ($2::text::xid8, $3)
 ORDER BY txid, position
 LIMIT $4";
 
-    /// A partition's last servable position (for `_last`).
-    pub(crate) const LAST: &str = "\
-SELECT txid::text::bigint AS tx, position AS pos
-FROM {table}
-WHERE partition = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid DESC, position DESC
-LIMIT 1";
-
-    /// For each partition of a waiting request (`$1`), from its start
-    /// (`$2`, `$3`), whether its next row is servable yet: no row, nothing
-    /// to send; a `false`, committed rows waiting for the horizon.
-    pub(crate) const NEWS: &str = "\
-SELECT next.txid < pg_snapshot_xmin(pg_current_snapshot()) AS servable
-FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS after (partition, tx, pos)
-CROSS JOIN LATERAL (
-    SELECT txid FROM {table}
-    WHERE partition = after.partition AND (txid, position) > (after.tx::text::xid8, after.pos)
-    ORDER BY txid, position
+    /// For each partition of `$1`, its last servable row (the start of
+    /// `_last`) and its last committed row, servable or not: `NULL`s where
+    /// there is none. A waiting request has news when the first is past
+    /// its start, and rows to wait for when only the second is.
+    pub(crate) const HEADS: &str = "\
+SELECT asked.partition, servable.tx, servable.pos, newest.tx, newest.pos
+FROM unnest($1::integer[]) AS asked (partition)
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}
+    WHERE partition = asked.partition AND txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY txid DESC, position DESC
     LIMIT 1
-) AS next";
+) AS servable ON true
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}
+    WHERE partition = asked.partition
+    ORDER BY txid DESC, position DESC
+    LIMIT 1
+) AS newest ON true";
 
-    /// Whether a cursor names a servable row of the partition: only those
-    /// were handed out.
+    /// For each cursor (`$1` the partitions, `$2` and `$3` the txids and
+    /// positions), whether it names a servable row of its partition: only
+    /// those were handed out.
     pub(crate) const HANDED_OUT: &str = "\
-SELECT EXISTS (
+SELECT asked.partition, EXISTS (
     SELECT 1 FROM {table}
-    WHERE partition = $1 AND txid = $2::text::xid8 AND position = $3
+    WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
       AND txid < pg_snapshot_xmin(pg_current_snapshot())
-)";
+) AS handed_out
+FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, pos)";
 }
 
 /// The statements for one table.
@@ -106,9 +111,8 @@ struct Statements {
     append: String,
     append_batch: String,
     read: String,
-    last: String,
+    heads: String,
     handed_out: String,
-    news: String,
 }
 
 /// An outbox table in PostgreSQL: its schema, and the writer that appends
@@ -167,9 +171,8 @@ impl PostgresOutbox {
                 append: fill(sql::APPEND),
                 append_batch: fill(sql::APPEND_BATCH),
                 read: fill(sql::READ),
-                last: fill(sql::LAST),
+                heads: fill(sql::HEADS),
                 handed_out: fill(sql::HANDED_OUT),
-                news: fill(sql::NEWS),
                 table,
                 partition_count,
             }),
@@ -266,6 +269,8 @@ impl PostgresOutbox {
         PostgresFeed {
             signal: AppendSignal::new(self.partition_count()),
             listener: pg_listener::shared(),
+            looks: Arc::default(),
+            pages: Arc::default(),
             outbox: self.clone(),
             pool,
         }
@@ -299,7 +304,12 @@ impl fmt::Debug for PostgresOutbox {
 /// one connection of its pool for `LISTEN` on the table's channel (from
 /// the first waiting request until the last clone of the feed is dropped);
 /// the writer's `pg_notify` reaches it at commit, never after a rollback,
-/// and wakes the requests waiting on that partition. A committed row that
+/// and wakes the requests waiting on that partition. The waiting requests
+/// of a feed (and its clones) share their looks at the table: the requests
+/// that one commit wakes cost one query between them, and each then reads
+/// only the partitions that have news; woken requests for the same page
+/// (caught-up consumers at the same cursors) share one read of it, of at
+/// most 1,000 events. A committed row that
 /// waits for the horizon (an older transaction still running) is looked
 /// at again after a backoff of 1 to 50 ms, never in a busy loop. If the
 /// `LISTEN` connection drops, waiting requests look every 250 ms until a
@@ -310,6 +320,8 @@ pub struct PostgresFeed {
     pool: PgPool,
     signal: AppendSignal,
     listener: Arc<AppendListenerTask>,
+    looks: Arc<SharedLook>,
+    pages: Arc<SharedPages>,
 }
 
 impl PostgresFeed {
@@ -334,130 +346,171 @@ impl PostgresFeed {
         &self.signal
     }
 
-    /// Whether the partitions of a waiting request have something past
-    /// their starts (one statement, on a pooled connection).
-    async fn look(&self, starts: &[(u32, [u64; 2])]) -> Result<Look, ReadError> {
-        let mut partitions = Vec::with_capacity(starts.len());
-        let mut txids = Vec::with_capacity(starts.len());
-        let mut positions = Vec::with_capacity(starts.len());
-        for (partition, [txid, position]) in starts {
-            partitions.push(*partition as i32);
-            txids.push(*txid as i64);
-            positions.push(*position as i64);
+    /// Where reading each requested partition starts (the key of the last
+    /// row not to send), in the request's order, and the checkpoints to
+    /// send first for `_last`. At most two statements: one for the
+    /// `_last` cursors, one for the others. On `connection` (a page's
+    /// transaction), or, for a waiting request that holds none, with the
+    /// feed's shared look and a pooled connection.
+    async fn starts(
+        &self,
+        connection: Option<&mut PgConnection>,
+        cursors: &[(u32, Cursor)],
+    ) -> Result<(Starts, Vec<Checkpoint>), ReadError> {
+        let statements = &self.outbox.statements;
+        let mut starts = Vec::with_capacity(cursors.len());
+        // The `_last` partitions, and the cursors to prove handed out.
+        let mut lasts = Vec::new();
+        let mut unproven = Vec::new();
+        for (partition, cursor) in cursors {
+            let partition = *partition;
+            check_partition(partition, statements.partition_count)?;
+            let start = if cursor.is_first() {
+                [0, 0]
+            } else if cursor.is_last() {
+                lasts.push(partition);
+                [0, 0]
+            } else {
+                let key = cursor::decode::<2>(cursor)
+                    .filter(|key| key.iter().all(|part| i64::try_from(*part).is_ok()))
+                    .ok_or(ReadError::UnknownCursor { partition })?;
+                if !self.pages.recently_handed_out(partition, cursor) {
+                    unproven.push((partition, key));
+                }
+                key
+            };
+            starts.push((partition, start));
         }
-        let next: Vec<bool> = sqlx::query_scalar(&self.outbox.statements.news)
+        let (last_heads, handed_out) = match connection {
+            Some(connection) => {
+                let heads = query_heads(&mut *connection, &statements.heads, &lasts).await?;
+                (heads, self.handed_out(connection, &unproven).await?)
+            }
+            None => {
+                let heads = if lasts.is_empty() {
+                    Vec::new()
+                } else {
+                    let (_, heads) = self
+                        .looks
+                        .heads(&self.pool, &statements.heads, &lasts)
+                        .await?;
+                    heads
+                };
+                let handed_out = if unproven.is_empty() {
+                    Vec::new()
+                } else {
+                    let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
+                    self.handed_out(&mut connection, &unproven).await?
+                };
+                (heads, handed_out)
+            }
+        };
+        if let Some((partition, _)) = unproven
+            .iter()
+            .find(|(partition, _)| !handed_out.contains(partition))
+        {
+            return Err(ReadError::UnknownCursor {
+                partition: *partition,
+            });
+        }
+        // `_last` starts at the last servable row, and says so first.
+        let mut opening = Vec::with_capacity(lasts.len());
+        for (partition, heads) in lasts.iter().zip(&last_heads) {
+            let start = heads.servable.unwrap_or([0, 0]);
+            let at = heads.servable.map_or_else(Cursor::first, cursor::encode);
+            opening.push(Checkpoint::new(*partition, at));
+            if let Some(slot) = starts.iter_mut().find(|(p, _)| p == partition) {
+                slot.1 = start;
+            }
+        }
+        Ok((starts, opening))
+    }
+
+    /// The partitions of `named` whose cursor names a servable row.
+    async fn handed_out(
+        &self,
+        connection: &mut PgConnection,
+        named: &[(u32, [u64; 2])],
+    ) -> Result<Vec<u32>, ReadError> {
+        if named.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions: Vec<i32> = named.iter().map(|(p, _)| *p as i32).collect();
+        let txids: Vec<i64> = named.iter().map(|(_, key)| key[0] as i64).collect();
+        let positions: Vec<i64> = named.iter().map(|(_, key)| key[1] as i64).collect();
+        let rows: Vec<(i32, bool)> = sqlx::query_as(&self.outbox.statements.handed_out)
             .bind(partitions)
             .bind(txids)
             .bind(positions)
-            .fetch_all(&self.pool)
+            .fetch_all(connection)
             .await
             .map_err(ReadError::internal)?;
-        Ok(if next.contains(&true) {
-            Look::News
-        } else if next.is_empty() {
-            Look::Nothing
-        } else {
-            Look::Pending
-        })
+        Ok(rows
+            .into_iter()
+            .filter(|(_, handed_out)| *handed_out)
+            .map(|(partition, _)| partition as u32)
+            .collect())
     }
 
-    /// Where reading `partition` from `cursor` starts (the key of the last
-    /// row not to send), and the checkpoint to send first for `_last`.
-    async fn start(
+    /// Holds a waiting request until one of its partitions has a servable
+    /// row past its start, or its deadline.
+    async fn wait(
         &self,
-        connection: &mut PgConnection,
-        partition: u32,
-        cursor: &Cursor,
-    ) -> Result<([u64; 2], Option<Checkpoint>), ReadError> {
-        let statements = &self.outbox.statements;
-        check_partition(partition, statements.partition_count)?;
-        if cursor.is_first() {
-            return Ok(([0, 0], None));
-        }
-        if cursor.is_last() {
-            let last = sqlx::query(&statements.last)
-                .bind(partition as i32)
-                .fetch_optional(connection)
-                .await
-                .map_err(ReadError::internal)?;
-            return Ok(match last {
-                None => ([0, 0], Some(Checkpoint::new(partition, Cursor::first()))),
-                Some(row) => {
-                    let key = row_key(&row)?;
-                    (key, Some(Checkpoint::new(partition, cursor::encode(key))))
+        context: &ReadContext<'_>,
+        mut starts: Starts,
+    ) -> Result<Woken, ReadError> {
+        self.listener
+            .ensure_started(&self.pool, self.outbox.table(), &self.signal);
+        let partitions: Vec<u32> = starts.iter().map(|(partition, _)| *partition).collect();
+        let news = Mutex::new(None);
+        wait_for_rows(&self.signal, context, || async {
+            let (look, heads) = self
+                .looks
+                .heads(&self.pool, &self.outbox.statements.heads, &partitions)
+                .await?;
+            let found = look_from(&starts, &heads);
+            if found == Look::News {
+                *news.lock().unwrap_or_else(PoisonError::into_inner) = Some((look, heads));
+            }
+            Ok(found)
+        })
+        .await?;
+        Ok(
+            match news.into_inner().unwrap_or_else(PoisonError::into_inner) {
+                Some((look, heads)) => {
+                    let mut heads = heads.iter();
+                    starts.retain(|(_, start)| {
+                        heads.next().is_some_and(|heads| heads.has_news(*start))
+                    });
+                    Woken::News { look, starts }
                 }
-            });
-        }
-        let unknown = ReadError::UnknownCursor { partition };
-        let key = cursor::decode::<2>(cursor).ok_or(ReadError::UnknownCursor { partition })?;
-        let (Ok(txid), Ok(position)) = (i64::try_from(key[0]), i64::try_from(key[1])) else {
-            return Err(unknown);
-        };
-        let handed_out: bool = sqlx::query_scalar(&statements.handed_out)
-            .bind(partition as i32)
-            .bind(txid)
-            .bind(position)
-            .fetch_one(connection)
+                None => Woken::Deadline(starts),
+            },
+        )
+    }
+
+    /// Opens a page's transaction.
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, ReadError> {
+        self.pool
+            .begin_with(sql::PAGE_BEGIN)
             .await
-            .map_err(ReadError::internal)?;
-        if handed_out {
-            Ok((key, None))
-        } else {
-            Err(unknown)
-        }
+            .map_err(ReadError::internal)
     }
-}
 
-impl fmt::Debug for PostgresFeed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresFeed")
-            .field("outbox", &self.outbox)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FeedReader for PostgresFeed {
-    type Stream = OutboxPage;
-
-    async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
-        let request = context.request();
-        let mut starts = Vec::with_capacity(request.cursors().len());
-        let mut opening = Vec::new();
-        let mut tx = if context.wait_deadline().is_some() {
-            // Single statements, outside a transaction: the starts are
-            // fixed (`_last` waits for what comes after now), and the wait
-            // holds no connection.
-            let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
-            for (partition, cursor) in request.cursors() {
-                let (key, checkpoint) = self.start(&mut connection, *partition, cursor).await?;
-                opening.extend(checkpoint);
-                starts.push((*partition, key));
-            }
-            drop(connection);
-            self.listener
-                .ensure_started(&self.pool, self.outbox.table(), &self.signal);
-            wait_for_rows(&self.signal, &context, || self.look(&starts)).await?;
-            self.pool
-                .begin_with(sql::PAGE_BEGIN)
-                .await
-                .map_err(ReadError::internal)?
-        } else {
-            let mut tx = self
-                .pool
-                .begin_with(sql::PAGE_BEGIN)
-                .await
-                .map_err(ReadError::internal)?;
-            for (partition, cursor) in request.cursors() {
-                let (key, checkpoint) = self.start(&mut tx, *partition, cursor).await?;
-                opening.extend(checkpoint);
-                starts.push((*partition, key));
-            }
-            tx
-        };
+    /// The page that `tx` reads: the `opening` checkpoints, then each
+    /// partition in turn from its start, row by row, sharing `page_size`
+    /// among them.
+    fn stream_page(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        opening: Vec<Checkpoint>,
+        starts: Starts,
+        selection: HeaderSelection,
+        page_size: usize,
+    ) -> OutboxPage {
         let statements = Arc::clone(&self.outbox.statements);
-        let selection = request.headers().clone();
-        let mut budget = Budget::new(context.page_size(), starts.len());
-        Ok(OutboxPage::new(move |emitter| async move {
+        let mut budget = Budget::new(page_size, starts.len());
+        OutboxPage::new(move |emitter| async move {
             for checkpoint in opening {
                 emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
             }
@@ -484,7 +537,104 @@ impl FeedReader for PostgresFeed {
                 budget.spent(taken);
             }
             tx.commit().await.map_err(ReadError::internal)
-        }))
+        })
+    }
+}
+
+/// How a waiting request's wait ended.
+enum Woken {
+    /// Look number `look` found servable rows in `starts`, the partitions
+    /// that have some.
+    News { look: u64, starts: Starts },
+    /// The deadline passed: every partition is read once more.
+    Deadline(Starts),
+}
+
+/// Each requested partition with the key of the last row not to send.
+type Starts = Vec<(u32, [u64; 2])>;
+
+/// Runs the heads statement for `partitions` on `connection`, in their
+/// order.
+async fn query_heads(
+    connection: &mut PgConnection,
+    statement: &str,
+    partitions: &[u32],
+) -> Result<Vec<Heads>, ReadError> {
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let asked: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+    let rows = sqlx::query(statement)
+        .bind(asked)
+        .fetch_all(connection)
+        .await
+        .map_err(ReadError::internal)?;
+    let found = heads_by_partition(&rows)?;
+    partitions
+        .iter()
+        .map(|partition| {
+            found
+                .get(partition)
+                .copied()
+                .ok_or_else(|| ReadError::internal("the heads query left out a partition"))
+        })
+        .collect()
+}
+
+impl fmt::Debug for PostgresFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresFeed")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeedReader for PostgresFeed {
+    type Stream = OutboxPage;
+
+    async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
+        let request = context.request();
+        let selection = request.headers().clone();
+        if context.wait_deadline().is_none() {
+            let mut tx = self.begin().await?;
+            let (starts, opening) = self.starts(Some(&mut tx), request.cursors()).await?;
+            return Ok(self.stream_page(tx, opening, starts, selection, context.page_size()));
+        }
+        // Single statements, outside a transaction: the starts are fixed
+        // (`_last` waits for what comes after now), and the wait holds no
+        // connection.
+        let (starts, opening) = self.starts(None, request.cursors()).await?;
+        match self.wait(&context, starts).await? {
+            Woken::Deadline(starts) => {
+                let tx = self.begin().await?;
+                Ok(self.stream_page(tx, opening, starts, selection, context.page_size()))
+            }
+            Woken::News { look, starts } => {
+                let key = PageKey {
+                    starts,
+                    page_size: context.page_size().min(SHARED_PAGE_ROWS),
+                    headers: selection,
+                };
+                let read = || async {
+                    let tx = self.begin().await?;
+                    let key = key.clone();
+                    Ok(self.stream_page(tx, Vec::new(), key.starts, key.headers, key.page_size))
+                };
+                let items = self
+                    .pages
+                    .page(key.clone(), look, self.looks.looks_done(), read)
+                    .await?;
+                Ok(OutboxPage::new(move |emitter| async move {
+                    for checkpoint in opening {
+                        emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
+                    }
+                    for item in items.iter() {
+                        emitter.emit(item.clone()).await;
+                    }
+                    Ok(())
+                }))
+            }
+        }
     }
 }
 

@@ -1,0 +1,226 @@
+//! The heads of a PostgreSQL feed's partitions, looked at once for every
+//! waiting request: when one append wakes a hundred requests, one query
+//! answers them all, instead of one query each.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use super::wait::Look;
+use crate::server::ReadError;
+
+/// The length past which the wish list is rid of repeated partitions.
+const WISH_LIST_COMPACTION: usize = 1024;
+
+/// The ends of one partition, as one look saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Heads {
+    /// The last servable row (below the horizon), if any.
+    pub(crate) servable: Option<[u64; 2]>,
+    /// The last committed row, servable or not, if any.
+    pub(crate) newest: Option<[u64; 2]>,
+}
+
+impl Heads {
+    /// Whether a request reading from `start` has a servable row to read.
+    pub(crate) fn has_news(&self, start: [u64; 2]) -> bool {
+        self.servable.is_some_and(|head| head > start)
+    }
+
+    /// Whether rows past `start` are committed but not servable yet.
+    fn has_pending(&self, start: [u64; 2]) -> bool {
+        self.newest.is_some_and(|head| head > start)
+    }
+}
+
+/// What a waiting request with these starts should do, given the heads of
+/// its partitions (in the same order).
+pub(crate) fn look_from(starts: &[(u32, [u64; 2])], heads: &[Heads]) -> Look {
+    let pairs = || starts.iter().zip(heads);
+    if pairs().any(|((_, start), heads)| heads.has_news(*start)) {
+        Look::News
+    } else if pairs().any(|((_, start), heads)| heads.has_pending(*start)) {
+        Look::Pending
+    } else {
+        Look::Nothing
+    }
+}
+
+/// Looks at the heads of partitions, one query at a time, and shares each
+/// answer with every request that asked while it was on its way.
+///
+/// A request may use a look only if the look's statement was sent after
+/// the request asked: that look then sees every commit that a wake-up
+/// before the asking announced. Looks are numbered as they start; a request
+/// notes the number of the last one started when it asks, and takes only
+/// later ones. Requests add their partitions to a wish list before they
+/// queue, and the next look covers the whole list.
+#[derive(Debug, Default)]
+pub(crate) struct SharedLook {
+    /// The number of the last look started.
+    started: AtomicU64,
+    /// The number of the last look that has ended.
+    done: AtomicU64,
+    /// Partitions asked for since the last look started.
+    wanted: Mutex<Vec<u32>>,
+    /// Per partition, the number of the look that saw it last, and what it
+    /// saw. One look runs at a time, holding this lock.
+    seen: tokio::sync::Mutex<HashMap<u32, (u64, Heads)>>,
+}
+
+impl SharedLook {
+    /// The heads of `partitions` (in this order), as a look sent after this
+    /// call saw them, and the number of that look. `statement` takes the
+    /// partitions as an array and returns, per partition, its servable and
+    /// newest row keys.
+    pub(crate) async fn heads(
+        &self,
+        pool: &PgPool,
+        statement: &str,
+        partitions: &[u32],
+    ) -> Result<(u64, Vec<Heads>), ReadError> {
+        let asked_after = self.started.load(Ordering::SeqCst);
+        {
+            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+            wanted.extend_from_slice(partitions);
+            // Requests served by a look they did not ask for leave their
+            // wishes for the next one: keep the list to one entry per
+            // partition.
+            if wanted.len() > WISH_LIST_COMPACTION {
+                wanted.sort_unstable();
+                wanted.dedup();
+            }
+        }
+        let mut seen = self.seen.lock().await;
+        if let Some(heads) = fresh(&seen, partitions, asked_after) {
+            return Ok(heads);
+        }
+        let look = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut asked =
+            std::mem::take(&mut *self.wanted.lock().unwrap_or_else(PoisonError::into_inner));
+        // Ours too: an earlier look may have taken them from the list.
+        asked.extend_from_slice(partitions);
+        asked.sort_unstable();
+        asked.dedup();
+        let partitions_sql: Vec<i32> = asked.iter().map(|p| *p as i32).collect();
+        let rows = sqlx::query(statement)
+            .bind(partitions_sql)
+            .fetch_all(pool)
+            .await
+            .map_err(ReadError::internal)?;
+        for (partition, heads) in heads_by_partition(&rows)? {
+            seen.insert(partition, (look, heads));
+        }
+        self.done.fetch_max(look, Ordering::SeqCst);
+        fresh(&seen, partitions, asked_after)
+            .ok_or_else(|| ReadError::internal("the heads query left out a partition"))
+    }
+
+    /// The number of the last look that has ended.
+    pub(crate) fn looks_done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// The heads of `partitions` if looks numbered above `asked_after` saw
+/// every one of them, and the number of the latest of those looks.
+fn fresh(
+    seen: &HashMap<u32, (u64, Heads)>,
+    partitions: &[u32],
+    asked_after: u64,
+) -> Option<(u64, Vec<Heads>)> {
+    let mut latest = asked_after;
+    let heads = partitions
+        .iter()
+        .map(|partition| match seen.get(partition) {
+            Some((look, heads)) if *look > asked_after => {
+                latest = latest.max(*look);
+                Some(*heads)
+            }
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    Some((latest, heads))
+}
+
+/// The rows of the heads statement, by partition.
+pub(crate) fn heads_by_partition(rows: &[PgRow]) -> Result<HashMap<u32, Heads>, ReadError> {
+    rows.iter()
+        .map(|row| {
+            let partition: i32 = row.try_get(0).map_err(ReadError::internal)?;
+            let partition = u32::try_from(partition)
+                .map_err(|_| ReadError::internal("a negative partition"))?;
+            let heads = Heads {
+                servable: key_at(row, 1)?,
+                newest: key_at(row, 3)?,
+            };
+            Ok((partition, heads))
+        })
+        .collect()
+}
+
+/// The `(tx, pos)` key in columns `at` and `at + 1`, if the row has one.
+fn key_at(row: &PgRow, at: usize) -> Result<Option<[u64; 2]>, ReadError> {
+    let txid: Option<i64> = row.try_get(at).map_err(ReadError::internal)?;
+    let position: Option<i64> = row.try_get(at + 1).map_err(ReadError::internal)?;
+    match (txid, position) {
+        (Some(txid), Some(position)) => match (u64::try_from(txid), u64::try_from(position)) {
+            (Ok(txid), Ok(position)) => Ok(Some([txid, position])),
+            _ => Err(ReadError::internal("a negative transaction id or position")),
+        },
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Heads = Heads {
+        servable: None,
+        newest: None,
+    };
+
+    #[test]
+    fn a_servable_head_past_the_start_is_news() {
+        let heads = Heads {
+            servable: Some([5, 2]),
+            newest: Some([9, 1]),
+        };
+        assert!(heads.has_news([5, 1]));
+        assert!(!heads.has_news([5, 2]));
+        assert_eq!(look_from(&[(0, [5, 1])], &[heads]), Look::News);
+        assert_eq!(look_from(&[(0, [5, 2])], &[heads]), Look::Pending);
+        assert_eq!(look_from(&[(0, [9, 1])], &[heads]), Look::Nothing);
+    }
+
+    #[test]
+    fn news_in_any_partition_wins_over_pending_in_another() {
+        let pending = Heads {
+            servable: None,
+            newest: Some([3, 3]),
+        };
+        let news = Heads {
+            servable: Some([4, 4]),
+            newest: Some([4, 4]),
+        };
+        let starts = [(0, [0, 0]), (1, [0, 0])];
+        assert_eq!(look_from(&starts, &[pending, news]), Look::News);
+        assert_eq!(look_from(&starts, &[pending, NONE]), Look::Pending);
+        assert_eq!(look_from(&starts, &[NONE, NONE]), Look::Nothing);
+    }
+
+    #[test]
+    fn only_a_later_look_is_fresh_for_every_partition() {
+        let mut seen = HashMap::new();
+        seen.insert(0, (3, NONE));
+        seen.insert(1, (5, NONE));
+        assert_eq!(fresh(&seen, &[0, 1], 2), Some((5, vec![NONE, NONE])));
+        assert_eq!(fresh(&seen, &[0, 1], 3), None);
+        assert_eq!(fresh(&seen, &[1], 4), Some((5, vec![NONE])));
+        assert_eq!(fresh(&seen, &[2], 0), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! The pages of woken requests, read once for every request that asks for
+//! the same one: consumers caught up with a feed wait at the same cursors,
+//! so one commit wakes them all for the same rows. The first of them reads
+//! the page; the others take copies of its items.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_core::Stream;
+use tokio::sync::OnceCell;
+
+use super::page::OutboxPage;
+use crate::protocol::{Cursor, FeedItem, HeaderSelection};
+use crate::server::ReadError;
+
+/// The most rows a shared page holds: a woken page is short (the rows
+/// appended while its consumers waited); a consumer that fell further
+/// behind gets the rest on its next request.
+pub(crate) const SHARED_PAGE_ROWS: usize = 1000;
+/// The most event data a shared page holds before it ends early.
+const SHARED_PAGE_BYTES: usize = 1 << 20;
+/// How many handed-out cursors the feed remembers, so that the next
+/// request of a woken consumer needs no query to prove its cursors.
+const REMEMBERED_CURSORS: usize = 4096;
+
+/// What makes two requests' pages the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PageKey {
+    /// The partitions to read and where each starts.
+    pub(crate) starts: Vec<(u32, [u64; 2])>,
+    /// The page size, at most [`SHARED_PAGE_ROWS`].
+    pub(crate) page_size: usize,
+    pub(crate) headers: HeaderSelection,
+}
+
+/// One read of a page, and every request waiting for it.
+struct Flight {
+    /// Only requests woken by a look numbered at most this join the read:
+    /// the read starts after that look ended, so it sees what the look saw.
+    after_look: u64,
+    items: OnceCell<Arc<[FeedItem]>>,
+}
+
+/// Woken pages in flight, by key, and the cursors recently handed out.
+#[derive(Default)]
+pub(crate) struct SharedPages {
+    flights: Mutex<HashMap<PageKey, Arc<Flight>>>,
+    handed_out: Mutex<RecentCursors>,
+}
+
+impl SharedPages {
+    /// The items of the page `key`, read by `read` once for the requests
+    /// that ask for it while it is read. `looked` is the number of the look
+    /// that woke this request, and `looks_done` the number of the last look
+    /// that has ended.
+    pub(crate) async fn page<F, Fut>(
+        &self,
+        key: PageKey,
+        looked: u64,
+        looks_done: u64,
+        read: F,
+    ) -> Result<Arc<[FeedItem]>, ReadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<OutboxPage, ReadError>>,
+    {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&key) {
+                Some(flight) if flight.after_look >= looked => Arc::clone(flight),
+                _ => {
+                    let flight = Arc::new(Flight {
+                        after_look: looks_done,
+                        items: OnceCell::new(),
+                    });
+                    flights.insert(key.clone(), Arc::clone(&flight));
+                    flight
+                }
+            }
+        };
+        // Whoever leaves first, done or dropped, takes the read off the
+        // table; later requests read afresh.
+        let _leave = Leave {
+            pages: self,
+            key: &key,
+            flight: &flight,
+        };
+        let items = flight
+            .items
+            .get_or_try_init(|| async { collect(read().await?).await })
+            .await?;
+        self.remember(items);
+        Ok(Arc::clone(items))
+    }
+
+    /// Whether `cursor` was handed out for `partition` by a recent shared
+    /// page.
+    pub(crate) fn recently_handed_out(&self, partition: u32, cursor: &Cursor) -> bool {
+        self.handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(partition, cursor)
+    }
+
+    fn remember(&self, items: &[FeedItem]) {
+        let mut handed_out = self
+            .handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for item in items {
+            if let FeedItem::Checkpoint(checkpoint) = item {
+                handed_out.insert(checkpoint.partition, &checkpoint.cursor);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPages").finish_non_exhaustive()
+    }
+}
+
+/// Takes a flight off the table when its request leaves.
+struct Leave<'a> {
+    pages: &'a SharedPages,
+    key: &'a PageKey,
+    flight: &'a Arc<Flight>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .pages
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flights
+            .get(self.key)
+            .is_some_and(|flight| Arc::ptr_eq(flight, self.flight))
+        {
+            flights.remove(self.key);
+        }
+    }
+}
+
+/// Reads a page's items into memory, up to [`SHARED_PAGE_BYTES`] of event
+/// data (the page then ends at the checkpoint after the last event kept).
+async fn collect(page: OutboxPage) -> Result<Arc<[FeedItem]>, ReadError> {
+    let mut page = std::pin::pin!(page);
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    while let Some(item) = poll_fn(|cx| Pin::as_mut(&mut page).poll_next(cx)).await {
+        let item = item?;
+        let full = bytes >= SHARED_PAGE_BYTES;
+        match &item {
+            FeedItem::Event(_) if full => break,
+            FeedItem::Event(event) => bytes += event.data.as_str().len(),
+            FeedItem::Checkpoint(_) => {}
+        }
+        items.push(item);
+    }
+    Ok(items.into())
+}
+
+/// The last [`REMEMBERED_CURSORS`] cursors handed out, oldest forgotten
+/// first.
+#[derive(Default)]
+struct RecentCursors {
+    set: HashSet<(u32, Cursor)>,
+    order: VecDeque<(u32, Cursor)>,
+}
+
+impl RecentCursors {
+    fn contains(&self, partition: u32, cursor: &Cursor) -> bool {
+        // Cursors are short: the clone costs less than a query.
+        self.set.contains(&(partition, cursor.clone()))
+    }
+
+    fn insert(&mut self, partition: u32, cursor: &Cursor) {
+        let entry = (partition, cursor.clone());
+        if self.set.insert(entry.clone()) {
+            self.order.push_back(entry);
+            if self.order.len() > REMEMBERED_CURSORS {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.set.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_cursor_is_forgotten_first() {
+        let mut recent = RecentCursors::default();
+        let cursor = |n: usize| Cursor::try_from(n.to_string()).unwrap();
+        for n in 0..=REMEMBERED_CURSORS {
+            recent.insert(0, &cursor(n));
+        }
+        assert!(!recent.contains(0, &cursor(0)));
+        assert!(recent.contains(0, &cursor(1)));
+        assert!(recent.contains(0, &cursor(REMEMBERED_CURSORS)));
+        assert!(!recent.contains(1, &cursor(1)), "another partition");
+        recent.insert(0, &cursor(1));
+        assert_eq!(recent.order.len(), REMEMBERED_CURSORS, "no repeats");
+    }
+}
