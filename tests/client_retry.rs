@@ -24,6 +24,8 @@ type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
 enum Step {
     /// Fails to send, with an I/O error of this kind as the cause.
     Fail(ErrorKind),
+    /// Fails to send, with this error.
+    FailWith(BoxError),
     /// Never answers.
     Hang,
     /// Answers with a status, headers and a body made of these chunks; a
@@ -85,6 +87,7 @@ impl Script {
             async move {
                 match step.expect("the script has a step for every request") {
                     Step::Fail(kind) => Err(BoxError::from(std::io::Error::from(kind))),
+                    Step::FailWith(error) => Err(error),
                     Step::Hang => std::future::pending().await,
                     Step::Answer {
                         status,
@@ -205,6 +208,62 @@ async fn a_connection_closed_under_the_request_is_retried() {
         let items = read_page(&client(&script)).await.unwrap();
         assert_eq!(items.len(), 2, "{kind:?}");
         assert_eq!(script.calls(), 2, "{kind:?}");
+    }
+}
+
+/// hyper's errors for a connection that the server closed, made for real
+/// over loopback: the request was on its way (`incomplete`), or the
+/// connection was gone before it was sent (`closed`, `canceled`).
+async fn hyper_errors_of_a_closed_connection() -> Vec<hyper::Error> {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // The first connection is closed once the request came; the second
+        // at once.
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _ = socket.read(&mut [0; 1024]).await;
+        drop(socket);
+        let (socket, _) = listener.accept().await.unwrap();
+        drop(socket);
+    });
+    let connect = || async {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap()
+    };
+    let get = || Request::get("/feed").body(Empty::new()).unwrap();
+
+    let (mut sender, connection) = connect().await;
+    tokio::spawn(connection);
+    let incomplete = sender.send_request(get()).await.unwrap_err();
+    assert!(incomplete.is_incomplete_message(), "{incomplete:?}");
+
+    let (mut sender, connection) = connect().await;
+    let _ = connection.await;
+    let closed = sender.ready().await.unwrap_err();
+    assert!(closed.is_closed(), "{closed:?}");
+    let canceled = sender.send_request(get()).await.unwrap_err();
+    assert!(canceled.is_canceled(), "{canceled:?}");
+    vec![incomplete, closed, canceled]
+}
+
+#[tokio::test]
+async fn hyper_errors_of_a_closed_connection_are_retried() {
+    for error in hyper_errors_of_a_closed_connection().await {
+        let shown = format!("{error:?}");
+        let script = Script::new([Step::FailWith(error.into()), ok_page()]);
+        let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+            .retry_policy(
+                RetryPolicy::new().with_backoff(Duration::from_millis(1), Duration::from_millis(1)),
+            )
+            .build_with(script.transport());
+        let items = read_page(&client).await.unwrap();
+        assert_eq!(items.len(), 2, "{shown}");
+        assert_eq!(script.calls(), 2, "{shown}");
     }
 }
 

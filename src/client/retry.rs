@@ -343,6 +343,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_jitter_differs_from_one_call_to_the_next() {
+        let delays: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| backoff(Duration::from_secs(1), Duration::from_secs(1), 1))
+            .collect();
+        assert!(delays.len() > 1, "{delays:?}");
+    }
+
+    /// An error with a message and maybe a cause.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|cause| cause as _)
+        }
+    }
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let chain = |error: &Layer| Chain(error).to_string();
+        assert_eq!(chain(&Layer("refused", None)), "refused");
+        let wrapped = Layer("connect", Some(Box::new(Layer("refused", None))));
+        assert_eq!(chain(&wrapped), "connect: refused");
+        // A wrapper that repeats its cause, or says nothing, adds nothing.
+        let repeated = Layer("refused", Some(Box::new(Layer("refused", None))));
+        assert_eq!(chain(&repeated), "refused");
+        let silent = Layer("", Some(Box::new(Layer("refused", None))));
+        assert_eq!(chain(&silent), "refused");
+    }
+
     #[tokio::test]
     async fn only_the_safe_cases_are_retried() {
         for (status, retry_after, retried) in [
@@ -352,6 +389,7 @@ mod tests {
             (503, Some("3"), true),
             (429, Some("3"), true),
             (429, None, true),
+            (429, Some("60"), true),
             (429, Some("61"), false),
             (500, None, false),
             (400, None, false),
