@@ -157,7 +157,8 @@ impl FeedRequest {
     /// event is appended to one of them (long polling, `wait=<seconds>`).
     ///
     /// The wire carries whole seconds: a fraction of a second counts as a
-    /// whole one, so that a short wait never becomes no wait. Zero asks for
+    /// whole one, so that a short wait never becomes no wait, and a wait
+    /// past `u32::MAX` seconds is that many. Zero asks for
     /// an answer at once, as without a wait. Servers clamp the wait to
     /// their maximum, and servers that do not know `wait` answer at once:
     /// a consumer that gets an empty page back sooner than it asked sleeps
@@ -173,7 +174,9 @@ impl FeedRequest {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_wait(mut self, wait: Duration) -> Self {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         self.wait = Some(u32::try_from(seconds).unwrap_or(u32::MAX)).filter(|&s| s > 0);
         self
     }
@@ -392,6 +395,30 @@ fn parse_partition_index(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_no_selection_is_none() {
+        assert!(HeaderSelection::None.is_none());
+        assert!(!HeaderSelection::All.is_none());
+        assert!(!HeaderSelection::only(["trace"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_wait_rounds_up_to_whole_seconds_and_zero_is_no_wait() {
+        let wait = |wait: Duration| {
+            FeedRequest::new(1, [(0, Cursor::first())])
+                .unwrap()
+                .with_wait(wait)
+                .wait()
+        };
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(wait(Duration::from_millis(1500)), secs(2));
+        assert_eq!(wait(Duration::from_millis(1)), secs(1));
+        assert_eq!(wait(Duration::from_secs(1)), secs(1));
+        assert_eq!(wait(Duration::from_secs(20)), secs(20));
+        assert_eq!(wait(Duration::ZERO), None);
+        assert_eq!(wait(Duration::MAX), secs(u64::from(u32::MAX)));
+    }
 
     #[test]
     fn header_selection_parses_like_the_protocol_says() {
