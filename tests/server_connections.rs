@@ -39,16 +39,33 @@ async fn start_service<R: zeroeventhub::server::FeedReader>(
     addr
 }
 
-/// Reads one whole answer to [`REQUEST`]: a head and a chunked body.
+/// Reads one whole answer to [`REQUEST`]: a head and a body, of the
+/// announced length or chunked.
 async fn read_answer(tcp: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut buffer = [0; 4096];
-    while !answer.ends_with(b"\r\n0\r\n\r\n") {
+    while !answer_is_whole(&answer) {
         let read = tcp.read(&mut buffer).await.unwrap();
         assert!(read > 0, "the answer is cut: {answer:?}");
         answer.extend_from_slice(&buffer[..read]);
     }
     String::from_utf8(answer).unwrap()
+}
+
+fn answer_is_whole(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().unwrap())
+    });
+    match length {
+        Some(length) => body.len() >= length,
+        None => body.ends_with("\r\n0\r\n\r\n"),
+    }
 }
 
 /// Whether the server closed `tcp` within `wait`.

@@ -493,8 +493,11 @@ async fn fixed_answers_know_their_length_and_their_end() {
     assert!(nothing.body().is_end_stream());
 }
 
+/// A page that is whole before its head goes out (a few ready events)
+/// knows its length; one that is longer than 8 KiB, or whose reader still
+/// waits, streams and knows neither its length nor its end.
 #[tokio::test]
-async fn a_page_knows_neither_its_length_nor_its_end() {
+async fn a_page_knows_its_length_only_when_it_is_whole_at_once() {
     let one = FnReader::new(|_: &ReadContext<'_>| {
         Ok(stream::iter([Ok(event(0, r#"{"a":1}"#)), Ok(checkpoint(0, "1"))]).boxed())
     });
@@ -502,8 +505,34 @@ async fn a_page_knows_neither_its_length_nor_its_end() {
         .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
         .await
         .unwrap();
-    assert_eq!(page.body().size_hint().exact(), None);
-    assert!(!page.body().is_end_stream());
+    let expected = "{\"partition\":0,\"data\":{\"a\":1}}\n{\"partition\":0,\"cursor\":\"1\"}\n";
+    let mut body = page.into_body();
+    assert_eq!(body.size_hint().exact(), Some(expected.len() as u64));
+    assert!(!body.is_end_stream());
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, expected, "the whole page in one frame");
+    assert!(body.is_end_stream());
+
+    let produced = Arc::new(AtomicU64::new(0));
+    let long = FeedService::new(lazy_reader(Arc::clone(&produced)), 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(long.body().size_hint().exact(), None);
+    assert!(!long.body().is_end_stream());
+    let gathered = produced.load(Ordering::SeqCst);
+    assert!(
+        gathered < TOTAL && (gathered as usize) * line(0).len() < 9 * 1024,
+        "{gathered} events read before the head"
+    );
+
+    let (sender, waits) = channel_reader();
+    sender.send(Ok(event(0, r#"{"a":1}"#))).unwrap();
+    let waiting = FeedService::new(waits, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    assert_eq!(waiting.body().size_hint().exact(), None);
     assert!(zeroeventhub::server::FeedBody::<ItemStream>::default().is_end_stream());
 }
 
@@ -532,6 +561,26 @@ async fn fixed_answers_are_sent_with_their_length() {
             "{query}"
         );
     }
+}
+
+/// Over HTTP a page that is whole at once goes out with its length, in
+/// one piece: no chunk framing to end it.
+#[tokio::test]
+async fn a_small_page_is_sent_with_its_length() {
+    let one = FnReader::new(|_: &ReadContext<'_>| {
+        Ok(stream::iter([Ok(event(0, r#"{"a":1}"#)), Ok(checkpoint(0, "1"))]).boxed())
+    });
+    let server = LoopbackServer::start(router(FeedService::new(one, 1))).await;
+    let response = timeout(LIVENESS, server.get(&client(), "n=1&cursor0=_first"))
+        .await
+        .expect("an answer");
+    let length = response.headers().get("content-length").cloned();
+    assert!(response.headers().get("transfer-encoding").is_none());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        length.map(|v| v.to_str().unwrap().to_owned()),
+        Some(body.len().to_string())
+    );
 }
 
 /// An event, then, after a pause longer than the page's maximum duration,

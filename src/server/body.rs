@@ -14,6 +14,12 @@ use crate::protocol::{FeedItem, LineEncoder};
 /// that a page costs few writes, small enough that memory stays flat.
 const FRAME_SIZE: usize = 64 * 1024;
 
+/// What a page may gather before its head goes out, so as to be sent in
+/// one write with a known length if it ends within it: room for the few
+/// events of a woken long-polling request, little enough that a long
+/// page's first byte is not held back.
+const SETTLE_SIZE: usize = 8 * 1024;
+
 /// Room for a full frame and the line that crosses its end, so that most
 /// frames are cut from the buffer without a reallocation.
 const BUFFER_CAPACITY: usize = 72 * 1024;
@@ -25,7 +31,9 @@ const BUFFER_CAPACITY: usize = 72 * 1024;
 /// more, packs their lines into frames of up to 64 KiB, and hands a frame
 /// on as soon as the reader has nothing ready. The first line goes out on
 /// its own, so that the consumer's first byte does not wait for a full
-/// frame. A reader error after the first line ends the body with
+/// frame; but a page whose reader has ended within its first 8 KiB by the
+/// time the response starts (a woken long-polling request's few events) is
+/// sent whole, with its length, in one write. A reader error after the first line ends the body with
 /// [`FeedBodyError`], so that the server aborts the response: the consumer
 /// sees a broken body, never a clean short page. Lines buffered before the
 /// error are handed on first, but the abort may still cut them short; that
@@ -44,6 +52,8 @@ struct Page<S> {
     stream: Option<Pin<Box<S>>>,
     encoder: LineEncoder,
     buffer: BytesMut,
+    /// The length of the first line, at the buffer's start until sent.
+    first_line: usize,
     first_line_sent: bool,
     /// Return `Pending` once (already woken) before going on. hyper gathers
     /// frames into one write while the body has more ready; a pause makes
@@ -93,6 +103,7 @@ impl<S> FeedBody<S> {
             stream: Some(stream),
             encoder,
             buffer: BytesMut::with_capacity(BUFFER_CAPACITY),
+            first_line: 0,
             first_line_sent: false,
             pause: false,
             failed: false,
@@ -103,8 +114,28 @@ impl<S> FeedBody<S> {
             span: settings.span,
         };
         page.encode(first);
+        page.first_line = page.buffer.len();
         FeedBody {
             kind: Kind::Page(page),
+        }
+    }
+}
+
+impl<S> FeedBody<S>
+where
+    S: Stream<Item = Result<FeedItem, ReadError>>,
+{
+    /// Takes in what the page's reader has ready before the response
+    /// goes out. A page that ends within 8 KiB becomes a body of known
+    /// length, sent with its head in one write (a woken long-polling
+    /// request's page, an in-memory feed's small page); a longer or slower
+    /// one streams as it comes.
+    pub(crate) fn settle(&mut self, cx: &mut Context<'_>) {
+        if let Kind::Page(page) = &mut self.kind {
+            if page.settle(cx) {
+                let bytes = page.buffer.split().freeze();
+                self.kind = Kind::Full(Some(bytes));
+            }
         }
     }
 }
@@ -193,7 +224,8 @@ where
         if !self.first_line_sent {
             self.first_line_sent = true;
             self.pause = true;
-            return self.flush();
+            let line = self.buffer.split_to(self.first_line).freeze();
+            return Poll::Ready(Some(Ok(Frame::data(line))));
         }
         loop {
             if self.buffer.len() >= FRAME_SIZE {
@@ -214,23 +246,43 @@ where
                 Poll::Pending if !self.buffer.is_empty() => return self.flush(),
                 poll => ready!(poll),
             };
-            match next {
-                Some(Ok(item)) => {
-                    self.encode(&item);
-                    if self.ending && !self.uncovered {
-                        self.end_at_deadline();
-                    }
+            self.take(next);
+        }
+    }
+
+    /// Takes in the reader's next item, its error, or its end.
+    fn take(&mut self, next: Option<Result<FeedItem, ReadError>>) {
+        match next {
+            Some(Ok(item)) => {
+                self.encode(&item);
+                if self.ending && !self.uncovered {
+                    self.end_at_deadline();
                 }
-                Some(Err(error)) => {
-                    tracing::error!(%error, "feed reader failed mid-page; aborting the response");
-                    self.failed = true;
-                    self.stream = None;
-                }
-                // Dropping the stream now releases the reader's resources
-                // before the last frame is even written.
-                None => self.stream = None,
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "feed reader failed mid-page; aborting the response");
+                self.failed = true;
+                self.stream = None;
+            }
+            // Dropping the stream now releases the reader's resources
+            // before the last frame is even written.
+            None => self.stream = None,
+        }
+    }
+
+    /// Encodes what the reader has ready now, up to [`SETTLE_SIZE`];
+    /// whether the page ended cleanly within it.
+    fn settle(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.buffer.len() < SETTLE_SIZE {
+            let Some(stream) = &mut self.stream else {
+                return !self.failed;
+            };
+            match stream.as_mut().poll_next(cx) {
+                Poll::Ready(next) => self.take(next),
+                Poll::Pending => return false,
             }
         }
+        false
     }
 
     fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, FeedBodyError>>> {

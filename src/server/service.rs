@@ -313,11 +313,16 @@ where
 {
     let mut stream = Box::pin(stream);
     let first = poll_fn(|cx| stream.as_mut().poll_next(cx)).await;
-    let body = match first {
+    let mut body = match first {
         None => FeedBody::empty(),
         Some(Err(error)) => return Err(error),
         Some(Ok(item)) => FeedBody::page(stream, encoder, &item, settings),
     };
+    poll_fn(|cx| {
+        body.settle(cx);
+        Poll::Ready(())
+    })
+    .await;
     Ok(page_response(body))
 }
 
