@@ -21,8 +21,14 @@ const FRAME_SIZE: usize = 64 * 1024;
 const SETTLE_SIZE: usize = 8 * 1024;
 
 /// Room for a full frame and the line that crosses its end, so that most
-/// frames are cut from the buffer without a reallocation.
+/// frames of a streamed page are cut from the buffer without a
+/// reallocation.
 const BUFFER_CAPACITY: usize = 72 * 1024;
+
+/// The buffer a page starts with: enough for a small page, so that many
+/// small pages answered at once (woken long-polling requests) do not each
+/// hold a streaming buffer.
+const FIRST_CAPACITY: usize = 1024;
 
 /// The response body of [`FeedService`](super::FeedService): a fixed message,
 /// or a page streamed from a [`FeedReader`](super::FeedReader) as NDJSON.
@@ -102,7 +108,7 @@ impl<S> FeedBody<S> {
         let mut page = Page {
             stream: Some(stream),
             encoder,
-            buffer: BytesMut::with_capacity(BUFFER_CAPACITY),
+            buffer: BytesMut::with_capacity(FIRST_CAPACITY),
             first_line: 0,
             first_line_sent: false,
             pause: false,
@@ -279,9 +285,12 @@ where
             };
             match stream.as_mut().poll_next(cx) {
                 Poll::Ready(next) => self.take(next),
-                Poll::Pending => return false,
+                Poll::Pending => break,
             }
         }
+        // The page streams: room for its frames from now on.
+        self.buffer
+            .reserve(BUFFER_CAPACITY.saturating_sub(self.buffer.len()));
         false
     }
 
