@@ -15,8 +15,8 @@
 //!
 //! `SIGINT` and `SIGTERM` stop it gracefully (the page in flight commits or
 //! rolls back, the partitions are released) and it exits 0. With
-//! `--until-idle`, it also exits 0 once every partition it owns is caught
-//! up and has stayed so for one wait (`--wait`, default 20 s). Any error the
+//! `--until-idle`, it also exits 0 once it owns partitions and every one
+//! is caught up and has stayed so for one wait (`--wait`, default 20 s). Any error the
 //! runtime cannot retry exits 1 with a one-line message on stderr; the
 //! figures go to stderr at the end.
 
@@ -233,17 +233,21 @@ where
     Ok(result?)
 }
 
-/// With `--until-idle`, completes once every owned partition is caught up
-/// and no event came for one wait; never otherwise.
+/// With `--until-idle`, completes once the instance owns partitions, every
+/// one is caught up, and no event came for one wait; never otherwise. (An
+/// instance that owns nothing yet is waiting for its share, not idle.)
 async fn until_idle(stats: Stats, wait: Duration, enabled: bool) {
     if !enabled {
         return std::future::pending().await;
     }
     loop {
-        let caught_up = stats.wait_for(|stats| stats.caught_up).await;
+        let caught_up = stats
+            .wait_for(|stats| stats.caught_up && !stats.owned_partitions.is_empty())
+            .await;
         tokio::time::sleep(wait).await;
         let now = stats.snapshot();
         if now.caught_up
+            && !now.owned_partitions.is_empty()
             && now.events == caught_up.events
             && now.owned_partitions == caught_up.owned_partitions
         {

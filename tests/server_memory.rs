@@ -395,6 +395,12 @@ fn a_feed_is_empty_until_any_partition_has_an_event() {
 }
 
 #[test]
+fn debug_shows_the_events_of_each_partition() {
+    let feed = filled(3, &[2, 0, 1]);
+    assert_eq!(format!("{feed:?}"), "MemoryFeed { events: [2, 0, 1] }");
+}
+
+#[test]
 fn appending_to_a_partition_the_feed_lacks_is_an_error() {
     let feed = filled(2, &[1, 1]);
     let error = feed
