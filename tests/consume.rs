@@ -207,6 +207,21 @@ async fn processes_of_one_name_share_the_partitions_on_postgres_through_a_kill()
             .await
             .unwrap_or(0)
     };
+    // Every process owns partitions (its member lock and at least one
+    // partition lock on its session) before the events are counted, so that
+    // each has a share to work on however slowly it started.
+    let owners = || async {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pid FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             GROUP BY pid HAVING count(*) >= 2) AS owning",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0)
+    };
+    wait_for_rows(owners, 3).await;
     wait_for_rows(count, 2_000).await;
 
     // One dies without a word; the others take its partitions.

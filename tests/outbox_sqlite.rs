@@ -194,6 +194,49 @@ async fn the_page_is_shared_among_partitions_like_the_memory_feed() {
     assert_eq!(counts(ours.events()), [1, 4, 3, 3]);
 }
 
+/// A partition's share is read in chunks of rows; a page that spans
+/// several gives every event once, in order, with its headers, and its
+/// cursors resume exactly where it stopped.
+#[tokio::test]
+async fn a_page_longer_than_a_chunk_reads_every_row_once_in_order() {
+    let pool = pool(&database::sqlite_url("chunks"), 4).await;
+    let outbox = outbox(&pool, "events", 2).await;
+    let events: Vec<_> = (0..300)
+        .map(|id| {
+            let event = OutboxEvent::in_partition(id % 2, data(u64::from(id)));
+            if id % 3 == 0 {
+                event.with_header("n", format!("é{id}"))
+            } else {
+                event
+            }
+        })
+        .collect();
+    commit(&pool, &outbox, &events).await;
+    let client = Client::builder("http://feed/".parse().unwrap(), 2)
+        .build_with(outbox.feed(pool.clone()).service());
+    let first = request(2, [(0, Cursor::first()), (1, Cursor::first())])
+        .with_page_size_hint(290)
+        .with_headers(HeaderSelection::All);
+    let page = client.fetch_page(&first).await.unwrap();
+    assert_eq!(page.events().len(), 290);
+    let rest = client.fetch_page(&page.next_request(&first)).await.unwrap();
+    let all: Vec<_> = page.events().iter().chain(rest.events()).collect();
+    for partition in 0..2u32 {
+        let got: Vec<_> = all.iter().filter(|e| e.partition == partition).collect();
+        let ids: Vec<String> = got.iter().map(|e| id_of(e)).collect();
+        let expected: Vec<String> = (0..300u32)
+            .filter(|id| id % 2 == partition)
+            .map(|id| format!("e{id}"))
+            .collect();
+        assert_eq!(ids, expected, "partition {partition}");
+        for (event, id) in got.iter().zip((0..300u32).filter(|id| id % 2 == partition)) {
+            let header = event.headers.get("n").map(String::as_str);
+            let wanted = (id % 3 == 0).then(|| format!("é{id}"));
+            assert_eq!(header, wanted.as_deref(), "e{id}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_readers_see_every_event_exactly_once() {
     let pool = pool(&database::sqlite_url("race"), 16).await;

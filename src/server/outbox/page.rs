@@ -144,7 +144,7 @@ impl Budget {
 /// it again. Headers are parsed only when the consumer asked for some.
 pub(crate) fn row_event(
     partition: u32,
-    data: String,
+    data: impl Into<Bytes>,
     headers: Option<&str>,
     selection: &HeaderSelection,
 ) -> Result<Event, ReadError> {
@@ -159,7 +159,7 @@ pub(crate) fn row_event(
     Ok(Event {
         partition,
         headers,
-        data: RawJson::from_valid(Bytes::from(data)),
+        data: RawJson::from_valid(data.into()),
     })
 }
 

@@ -2,13 +2,14 @@
 //! order.
 
 use std::fmt;
-use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Acquire, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
 
 use super::event::check_partition;
+use bytes::Bytes;
+
 use super::page::{Budget, OutboxPage, emit_event, row_event};
 use super::wait::{Look, wait_for_rows};
 use super::{OutboxError, OutboxEvent, TableName, cursor};
@@ -32,12 +33,22 @@ CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position)
     pub(crate) const APPEND: &str =
         "INSERT INTO {table} (partition, headers, data) VALUES (?1, ?2, ?3)";
 
-    /// A partition's events after a position, in order.
+    /// A partition's events after a position, in order, as one text: for
+    /// each row, its position, the byte lengths of its data and headers
+    /// (`-1` for none), each followed by a space, then the data and the
+    /// headers. One row for many spares sqlx a hand-over per row.
     pub(crate) const READ: &str = "\
-SELECT position, data, headers FROM {table}
-WHERE partition = ?1 AND position > ?2
-ORDER BY position
-LIMIT ?3";
+SELECT group_concat(
+    position || ' ' || octet_length(data) || ' ' || coalesce(octet_length(headers), -1) || ' '
+        || data || coalesce(headers, ''),
+    ''
+)
+FROM (
+    SELECT position, data, headers FROM {table}
+    WHERE partition = ?1 AND position > ?2
+    ORDER BY position
+    LIMIT ?3
+)";
 
     /// A partition's last position (for `_last`).
     pub(crate) const LAST: &str = "SELECT max(position) FROM {table} WHERE partition = ?1";
@@ -408,21 +419,33 @@ impl FeedReader for SqliteFeed {
             for (partition, after) in starts {
                 let share = budget.next_share();
                 let mut taken = 0;
-                if share > 0 {
-                    let mut rows = sqlx::query(&statements.read)
+                let mut after = after;
+                while taken < share {
+                    let asked = (share - taken).min(CHUNK_ROWS);
+                    let chunk: Option<String> = sqlx::query_scalar(&statements.read)
                         .bind(i64::from(partition))
                         .bind(after)
-                        .bind(i64::try_from(share).unwrap_or(i64::MAX))
-                        .fetch(&mut *connection);
-                    while let Some(row) = poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-                        let row = row.map_err(ReadError::internal)?;
-                        let position: i64 = row.try_get(0).map_err(ReadError::internal)?;
-                        let data: String = row.try_get(1).map_err(ReadError::internal)?;
-                        let headers: Option<&str> = row.try_get(2).map_err(ReadError::internal)?;
-                        let event = row_event(partition, data, headers, &selection)?;
-                        emit_event(&emitter, event, cursor::encode([position_key(position)?]))
-                            .await;
-                        taken += 1;
+                        .bind(i64::try_from(asked).unwrap_or(i64::MAX))
+                        .fetch_one(&mut *connection)
+                        .await
+                        .map_err(ReadError::internal)?;
+                    let Some(chunk) = chunk else { break };
+                    let rows = chunk_rows(chunk)?;
+                    let got = rows.len();
+                    for row in rows {
+                        let headers = row.headers.as_deref();
+                        let event = row_event(partition, row.data, headers, &selection)?;
+                        emit_event(
+                            &emitter,
+                            event,
+                            cursor::encode([position_key(row.position)?]),
+                        )
+                        .await;
+                        after = row.position;
+                    }
+                    taken += got;
+                    if got < asked {
+                        break;
                     }
                 }
                 budget.spent(taken);
@@ -432,6 +455,120 @@ impl FeedReader for SqliteFeed {
     }
 }
 
+/// The most rows one query of a page brings: the rows of a chunk are in
+/// memory at once.
+const CHUNK_ROWS: usize = 128;
+
+/// A row of a chunk.
+struct ChunkRow {
+    position: i64,
+    data: Bytes,
+    headers: Option<String>,
+}
+
+/// The rows of a chunk (see `sql::READ`), in position order.
+fn chunk_rows(chunk: String) -> Result<Vec<ChunkRow>, ReadError> {
+    let malformed = || ReadError::internal("a malformed chunk of rows");
+    let text = Bytes::from(chunk);
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let mut field = || {
+            let end = at + memchr::memchr(b' ', &text[at..]).ok_or_else(malformed)?;
+            let value = std::str::from_utf8(&text[at..end])
+                .ok()
+                .and_then(|digits| digits.parse::<i64>().ok())
+                .ok_or_else(malformed)?;
+            at = end + 1;
+            Ok::<_, ReadError>(value)
+        };
+        let position = field()?;
+        let data_len = usize::try_from(field()?).map_err(|_| malformed())?;
+        let headers_len = field()?;
+        let data_end = at.checked_add(data_len).filter(|end| *end <= text.len());
+        let data_end = data_end.ok_or_else(malformed)?;
+        let data = text.slice(at..data_end);
+        at = data_end;
+        let headers = match usize::try_from(headers_len) {
+            Err(_) => None,
+            Ok(len) => {
+                let end = at.checked_add(len).filter(|end| *end <= text.len());
+                let end = end.ok_or_else(malformed)?;
+                let headers = std::str::from_utf8(&text[at..end]).map_err(|_| malformed())?;
+                at = end;
+                Some(headers.to_owned())
+            }
+        };
+        rows.push(ChunkRow {
+            position,
+            data,
+            headers,
+        });
+    }
+    // SQLite concatenates in the order the subquery gives; keep to it even
+    // if a future version did not.
+    if !rows.is_sorted_by_key(|row| row.position) {
+        rows.sort_by_key(|row| row.position);
+    }
+    Ok(rows)
+}
+
 fn position_key(position: i64) -> Result<u64, ReadError> {
     u64::try_from(position).map_err(|_| ReadError::internal("a negative position"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(rows: &[(i64, &str, Option<&str>)]) -> String {
+        rows.iter()
+            .map(|(position, data, headers)| {
+                let headers_len = headers.map_or(-1, |h| h.len() as i64);
+                format!(
+                    "{position} {} {headers_len} {data}{}",
+                    data.len(),
+                    headers.unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_gives_back_its_rows_bytes_for_bytes() {
+        let rows = [
+            (3, r#"{"a":"x y"}"#, None),
+            (7, r#"{"b":"é 1 2"}"#, Some(r#"{"h":"ü"}"#)),
+            (8, "[]", Some("")),
+        ];
+        let parsed = chunk_rows(chunk(&rows)).unwrap();
+        assert_eq!(parsed.len(), 3);
+        for (row, (position, data, headers)) in parsed.iter().zip(rows) {
+            assert_eq!(row.position, position);
+            assert_eq!(row.data, data.as_bytes());
+            assert_eq!(row.headers.as_deref(), headers);
+        }
+    }
+
+    #[test]
+    fn a_chunk_out_of_order_is_put_in_order() {
+        let parsed = chunk_rows(chunk(&[(9, "1", None), (4, "2", None)])).unwrap();
+        let positions: Vec<i64> = parsed.iter().map(|row| row.position).collect();
+        assert_eq!(positions, [4, 9]);
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_an_error_not_a_panic() {
+        for text in [
+            "1 5 -1 {}",
+            "x 2 -1 {}",
+            "1 2",
+            "1 2 7 {}{}",
+            "1 -2 -1 {}",
+            "1 2 -1 {}3",
+        ] {
+            assert!(chunk_rows(text.to_owned()).is_err(), "{text}");
+        }
+        assert!(chunk_rows(String::new()).unwrap().is_empty());
+    }
 }
