@@ -185,6 +185,20 @@ async fn first_last_and_cursors_never_handed_out() {
             Some(http::StatusCode::BAD_REQUEST),
             "{foreign}"
         );
+        // The first bad cursor of a request is the one named, whether it
+        // is malformed or names no row.
+        let error = client
+            .fetch_page(&request(
+                2,
+                [
+                    (0, Cursor::new("1.2").unwrap()),
+                    (1, Cursor::new("abc").unwrap()),
+                ],
+            ))
+            .await
+            .unwrap_err();
+        let body = error.body_excerpt().unwrap_or_default();
+        assert!(body.contains("\"cursor0\""), "{body}");
         // Beside a good cursor, plain or waiting, the error names the
         // partition whose cursor is foreign.
         let both = request(2, [(0, at_end.clone()), (1, Cursor::new(foreign).unwrap())]);

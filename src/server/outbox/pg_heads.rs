@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -66,9 +66,19 @@ pub(crate) struct SharedLook {
     done: AtomicU64,
     /// Partitions asked for since the last look started.
     wanted: Mutex<Vec<u32>>,
+    /// What the looks saw. One look runs at a time, holding this lock.
+    seen: tokio::sync::Mutex<Seen>,
+}
+
+/// What the looks saw.
+#[derive(Debug, Default)]
+struct Seen {
     /// Per partition, the number of the look that saw it last, and what it
-    /// saw. One look runs at a time, holding this lock.
-    seen: tokio::sync::Mutex<HashMap<u32, (u64, Heads)>>,
+    /// saw.
+    heads: HashMap<u32, (u64, Heads)>,
+    /// The last look that failed, and why: it answers every request that
+    /// queued before it started, rather than each trying in turn.
+    failed: Option<(u64, Arc<str>)>,
 }
 
 impl SharedLook {
@@ -95,7 +105,12 @@ impl SharedLook {
             }
         }
         let mut seen = self.seen.lock().await;
-        if let Some(heads) = fresh(&seen, partitions, asked_after) {
+        if let Some((look, error)) = &seen.failed {
+            if *look > asked_after {
+                return Err(ReadError::internal(SharedLookError(Arc::clone(error))));
+            }
+        }
+        if let Some(heads) = fresh(&seen.heads, partitions, asked_after) {
             return Ok(heads);
         }
         let look = self.started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -106,16 +121,22 @@ impl SharedLook {
         asked.sort_unstable();
         asked.dedup();
         let partitions_sql: Vec<i32> = asked.iter().map(|p| *p as i32).collect();
-        let rows = sqlx::query(statement)
+        let rows = match sqlx::query(statement)
             .bind(partitions_sql)
             .fetch_all(pool)
             .await
-            .map_err(ReadError::internal)?;
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                seen.failed = Some((look, Arc::from(error.to_string())));
+                return Err(ReadError::internal(error));
+            }
+        };
         for (partition, heads) in heads_by_partition(&rows)? {
-            seen.insert(partition, (look, heads));
+            seen.heads.insert(partition, (look, heads));
         }
         self.done.fetch_max(look, Ordering::SeqCst);
-        fresh(&seen, partitions, asked_after)
+        fresh(&seen.heads, partitions, asked_after)
             .ok_or_else(|| ReadError::internal("the heads query left out a partition"))
     }
 
@@ -124,6 +145,18 @@ impl SharedLook {
         self.done.load(Ordering::SeqCst)
     }
 }
+
+/// The failure of a look that another request made for this one.
+#[derive(Debug)]
+struct SharedLookError(Arc<str>);
+
+impl std::fmt::Display for SharedLookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the shared look at the table failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedLookError {}
 
 /// The heads of `partitions` if looks numbered above `asked_after` saw
 /// every one of them, and the number of the latest of those looks.

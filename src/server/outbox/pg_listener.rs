@@ -12,6 +12,7 @@ use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 
 use super::TableName;
+use super::pg_pages::SharedPages;
 use crate::server::AppendSignal;
 
 /// How often waiting requests look at the table while the `LISTEN`
@@ -29,14 +30,22 @@ pub(crate) struct AppendListenerTask {
 
 impl AppendListenerTask {
     /// Starts the task if it is not running: it listens on `table`'s
-    /// channel with a connection of `pool` and notifies `signal`.
-    pub(crate) fn ensure_started(&self, pool: &PgPool, table: &TableName, signal: &AppendSignal) {
+    /// channel with a connection of `pool` and notifies `signal`; when the
+    /// connection is lost, `pages` forgets the cursors it handed out.
+    pub(crate) fn ensure_started(
+        &self,
+        pool: &PgPool,
+        table: &TableName,
+        signal: &AppendSignal,
+        pages: &Arc<SharedPages>,
+    ) {
         let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
         if task.as_ref().is_none_or(JoinHandle::is_finished) {
             *task = Some(tokio::spawn(listen(
                 pool.clone(),
                 table.as_str().to_owned(),
                 signal.clone(),
+                Arc::clone(pages),
             )));
         }
     }
@@ -59,8 +68,10 @@ pub(crate) fn shared() -> Arc<AppendListenerTask> {
 /// Listens until aborted: notifications wake their partition; a lost
 /// connection is replaced, and every waiting request looks again once it
 /// is (notifications sent while it was down are lost); while there is
-/// none, waiting requests look every [`POLL_WHILE_DOWN`].
-async fn listen(pool: PgPool, channel: String, signal: AppendSignal) {
+/// none, waiting requests look every [`POLL_WHILE_DOWN`]. A lost
+/// connection may be a failover to a server that lacks the latest commits:
+/// the cursors the feed remembers handing out are proved again.
+async fn listen(pool: PgPool, channel: String, signal: AppendSignal, pages: Arc<SharedPages>) {
     while !pool.is_closed() {
         let connected = polling(&signal, async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -89,6 +100,7 @@ async fn listen(pool: PgPool, channel: String, signal: AppendSignal) {
                         }
                     }
                 }
+                pages.forget_cursors();
                 signal.notify_all();
             }
             Err(error) => {

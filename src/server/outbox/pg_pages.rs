@@ -40,7 +40,9 @@ struct Flight {
     /// Only requests woken by a look numbered at most this join the read:
     /// the read starts after that look ended, so it sees what the look saw.
     after_look: u64,
-    items: OnceCell<Arc<[FeedItem]>>,
+    /// The page, or why it could not be read: a failure answers every
+    /// request that waited for it, rather than each reading in turn.
+    items: OnceCell<Result<Arc<[FeedItem]>, Arc<str>>>,
 }
 
 /// Woken pages in flight, by key, and the cursors recently handed out.
@@ -89,10 +91,33 @@ impl SharedPages {
         };
         let items = flight
             .items
-            .get_or_try_init(|| async { collect(read().await?).await })
-            .await?;
-        self.remember(items);
-        Ok(Arc::clone(items))
+            .get_or_init(|| async {
+                let items = match read().await {
+                    Ok(page) => collect(page).await,
+                    Err(error) => Err(error),
+                };
+                match items {
+                    Ok(items) => {
+                        self.remember(&items);
+                        Ok(items)
+                    }
+                    Err(error) => Err(Arc::from(error.to_string())),
+                }
+            })
+            .await;
+        match items {
+            Ok(items) => Ok(Arc::clone(items)),
+            Err(error) => Err(ReadError::internal(SharedReadError(Arc::clone(error)))),
+        }
+    }
+
+    /// Forgets the cursors handed out so far: each is proved again by a
+    /// query the next time it comes.
+    pub(crate) fn forget_cursors(&self) {
+        *self
+            .handed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = RecentCursors::default();
     }
 
     /// Whether `cursor` was handed out for `partition` by a recent shared
@@ -122,6 +147,18 @@ impl std::fmt::Debug for SharedPages {
         f.debug_struct("SharedPages").finish_non_exhaustive()
     }
 }
+
+/// The failure of a read that another request made for this one.
+#[derive(Debug)]
+struct SharedReadError(Arc<str>);
+
+impl std::fmt::Display for SharedReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the shared read of the page failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedReadError {}
 
 /// Takes a flight off the table when its request leaves.
 struct Leave<'a> {

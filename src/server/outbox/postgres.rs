@@ -362,6 +362,7 @@ impl PostgresFeed {
         // The `_last` partitions, and the cursors to prove handed out.
         let mut lasts = Vec::new();
         let mut unproven = Vec::new();
+        let mut malformed = None;
         for (partition, cursor) in cursors {
             let partition = *partition;
             check_partition(partition, statements.partition_count)?;
@@ -372,8 +373,13 @@ impl PostgresFeed {
                 [0, 0]
             } else {
                 let key = cursor::decode::<2>(cursor)
-                    .filter(|key| key.iter().all(|part| i64::try_from(*part).is_ok()))
-                    .ok_or(ReadError::UnknownCursor { partition })?;
+                    .filter(|key| key.iter().all(|part| i64::try_from(*part).is_ok()));
+                let Some(key) = key else {
+                    // Not ours; but a cursor before it that names no row
+                    // is the first error of the request.
+                    malformed = Some(partition);
+                    break;
+                };
                 if !self.pages.recently_handed_out(partition, cursor) {
                     unproven.push((partition, key));
                 }
@@ -381,38 +387,12 @@ impl PostgresFeed {
             };
             starts.push((partition, start));
         }
-        let (last_heads, handed_out) = match connection {
-            Some(connection) => {
-                let heads = query_heads(&mut *connection, &statements.heads, &lasts).await?;
-                (heads, self.handed_out(connection, &unproven).await?)
-            }
-            None => {
-                let heads = if lasts.is_empty() {
-                    Vec::new()
-                } else {
-                    let (_, heads) = self
-                        .looks
-                        .heads(&self.pool, &statements.heads, &lasts)
-                        .await?;
-                    heads
-                };
-                let handed_out = if unproven.is_empty() {
-                    Vec::new()
-                } else {
-                    let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
-                    self.handed_out(&mut connection, &unproven).await?
-                };
-                (heads, handed_out)
-            }
-        };
-        if let Some((partition, _)) = unproven
-            .iter()
-            .find(|(partition, _)| !handed_out.contains(partition))
-        {
-            return Err(ReadError::UnknownCursor {
-                partition: *partition,
-            });
+        if let Some(partition) = malformed {
+            // An earlier cursor that names no row comes first.
+            self.prove(connection, &[], &unproven).await?;
+            return Err(ReadError::UnknownCursor { partition });
         }
+        let last_heads = self.prove(connection, &lasts, &unproven).await?;
         // `_last` starts at the last servable row, and says so first.
         let mut opening = Vec::with_capacity(lasts.len());
         for (partition, heads) in lasts.iter().zip(&last_heads) {
@@ -424,6 +404,51 @@ impl PostgresFeed {
             }
         }
         Ok((starts, opening))
+    }
+
+    /// The heads of the `lasts` partitions; fails with `UnknownCursor`
+    /// for the first of `unproven` that names no servable row. On
+    /// `connection`, or with the feed's shared look and a pooled connection.
+    async fn prove(
+        &self,
+        connection: Option<&mut PgConnection>,
+        lasts: &[u32],
+        unproven: &[(u32, [u64; 2])],
+    ) -> Result<Vec<Heads>, ReadError> {
+        let statements = &self.outbox.statements;
+        let (heads, handed_out) = match connection {
+            Some(connection) => {
+                let heads = query_heads(&mut *connection, &statements.heads, lasts).await?;
+                (heads, self.handed_out(connection, unproven).await?)
+            }
+            None => {
+                let heads = if lasts.is_empty() {
+                    Vec::new()
+                } else {
+                    let (_, heads) = self
+                        .looks
+                        .heads(&self.pool, &statements.heads, lasts)
+                        .await?;
+                    heads
+                };
+                let handed_out = if unproven.is_empty() {
+                    Vec::new()
+                } else {
+                    let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
+                    self.handed_out(&mut connection, unproven).await?
+                };
+                (heads, handed_out)
+            }
+        };
+        match unproven
+            .iter()
+            .find(|(partition, _)| !handed_out.contains(partition))
+        {
+            Some((partition, _)) => Err(ReadError::UnknownCursor {
+                partition: *partition,
+            }),
+            None => Ok(heads),
+        }
     }
 
     /// The partitions of `named` whose cursor names a servable row.
@@ -460,14 +485,24 @@ impl PostgresFeed {
         mut starts: Starts,
     ) -> Result<Woken, ReadError> {
         self.listener
-            .ensure_started(&self.pool, self.outbox.table(), &self.signal);
+            .ensure_started(&self.pool, self.outbox.table(), &self.signal, &self.pages);
         let partitions: Vec<u32> = starts.iter().map(|(partition, _)| *partition).collect();
         let news = Mutex::new(None);
+        let deadline = context.wait_deadline();
         wait_for_rows(&self.signal, context, || async {
-            let (look, heads) = self
+            let look = self
                 .looks
-                .heads(&self.pool, &self.outbox.statements.heads, &partitions)
-                .await?;
+                .heads(&self.pool, &self.outbox.statements.heads, &partitions);
+            // A look held up (a pool with no connection to spare, a lock on
+            // the table) ends with the wait: the page is read at once.
+            let looked = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, look).await,
+                None => Ok(look.await),
+            };
+            let Ok(looked) = looked else {
+                return Ok(Look::Nothing);
+            };
+            let (look, heads) = looked?;
             let found = look_from(&starts, &heads);
             if found == Look::News {
                 *news.lock().unwrap_or_else(PoisonError::into_inner) = Some((look, heads));
