@@ -209,3 +209,48 @@ async fn the_stream_goes_on_after_a_poison_event() {
     assert!(checkpoints >= 2);
     assert_eq!(refused[0].as_str(), r#"{"id":"three"}"#);
 }
+
+/// A client whose transport answers `200` with one checkpoint line and
+/// this `Content-Encoding`.
+fn encoded(encoding: &'static str) -> Client<impl HttpService + Clone> {
+    Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .max_attempts(1)
+        .build_with(tower::service_fn(move |_request: HttpRequest| {
+            let line = Bytes::from_static(b"{\"partition\":0,\"cursor\":\"1\"}\n");
+            let frames = stream::iter([Ok(Frame::data(line))]);
+            let mut response = Response::new(Body::new(frames.boxed()));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_ENCODING, encoding.parse().unwrap());
+            std::future::ready(Ok::<_, BoxError>(response))
+        }))
+}
+
+#[tokio::test]
+async fn a_compressed_body_is_named_and_identity_is_read() {
+    let request = encoded("identity").request([(0, Cursor::first())]).unwrap();
+    let page = encoded("identity").fetch_page(&request).await.unwrap();
+    assert_eq!(page.next_cursors(), [(0, Cursor::new("1").unwrap())]);
+
+    let error = encoded("gzip").fetch_page(&request).await.unwrap_err();
+    assert!(error.is_decode() && !error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("gzip"), "{error}");
+}
+
+#[test]
+fn a_client_shows_what_it_was_built_with() {
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 3).build();
+    assert_eq!(client.url(), "http://feed.test/events");
+    assert_eq!(client.partition_count(), 3);
+    let shown = format!("{client:?}");
+    for part in ["Client", "feed.test", "partitions: 3", "page_timeout: 300s"] {
+        assert!(shown.contains(part), "{part} in {shown}");
+    }
+    // The documented defaults.
+    assert_eq!(
+        Client::<()>::DEFAULT_MAX_BUFFERED_BYTES,
+        64 * 1024 * 1024,
+        "64 MiB"
+    );
+    assert_eq!(client.max_buffered_bytes(), 64 << 20);
+}

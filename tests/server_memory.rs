@@ -400,6 +400,33 @@ fn debug_shows_the_events_of_each_partition() {
     assert_eq!(format!("{feed:?}"), "MemoryFeed { events: [2, 0, 1] }");
 }
 
+#[tokio::test]
+async fn a_page_shows_its_budget() {
+    let feed = filled(1, &[3]);
+    let request = FeedRequest::new(1, [(0, Cursor::first())]).unwrap();
+    let extensions = Extensions::new();
+    let page = feed
+        .read(ReadContext::new(&request, 7, &extensions))
+        .await
+        .unwrap();
+    assert_eq!(format!("{page:?}"), "MemoryPage { budget: 7, .. }");
+}
+
+#[tokio::test]
+async fn a_partition_of_many_thousand_events_counts_and_ends_right() {
+    let feed = MemoryFeed::new(1);
+    for n in 0..10_000 {
+        feed.append(Event::new(0, data(json!(n)))).unwrap();
+    }
+    assert_eq!(feed.len(0), 10_000);
+    let service = feed.service();
+    let last = page(&service, "n=1&cursor0=_last").await;
+    assert_eq!(last, [json!({"partition": 0, "cursor": "9999"})]);
+    let tail = page(&service, "n=1&cursor0=9997").await;
+    assert_eq!(tail[0], json!({"partition": 0, "data": 9998}));
+    assert_eq!(tail.len(), 4, "two events and their checkpoints");
+}
+
 #[test]
 fn appending_to_a_partition_the_feed_lacks_is_an_error() {
     let feed = filled(2, &[1, 1]);

@@ -452,4 +452,27 @@ mod tests {
         );
         assert_eq!(kept_parameters("n+=1&a+b=2"), "n+=1&a+b=2");
     }
+
+    #[test]
+    fn a_page_timeout_grows_by_the_wait_up_to_a_year() {
+        let client = |timeout: Duration| {
+            crate::client::Client::builder("http://feed/".parse().unwrap(), 1)
+                .page_timeout(timeout)
+                .build_with(tower::service_fn(|_: crate::client::HttpRequest| {
+                    std::future::pending::<
+                        Result<
+                            http::Response<http_body_util::Empty<bytes::Bytes>>,
+                            crate::BoxError,
+                        >,
+                    >()
+                }))
+        };
+        let request = FeedRequest::new(1, [(0, crate::protocol::Cursor::first())]).unwrap();
+        let waiting = request.clone().with_wait(Duration::from_secs(20));
+        let minute = client(Duration::from_secs(60));
+        assert_eq!(minute.page_timeout_for(&request), Duration::from_secs(60));
+        assert_eq!(minute.page_timeout_for(&waiting), Duration::from_secs(80));
+        let year = Duration::from_secs(365 * 24 * 60 * 60);
+        assert_eq!(client(Duration::MAX).page_timeout_for(&waiting), year);
+    }
 }
