@@ -254,3 +254,31 @@ fn a_client_shows_what_it_was_built_with() {
     );
     assert_eq!(client.max_buffered_bytes(), 64 << 20);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_error_answer_is_read_up_to_a_kib_and_not_a_byte_longer() {
+    // 2 KiB of explanation, then a body that never ends.
+    let client = Client::builder("http://feed.test/events".parse().unwrap(), 1)
+        .max_attempts(1)
+        .build_with(tower::service_fn(|_request: HttpRequest| {
+            let text = Bytes::from("x".repeat(2048));
+            let frames = stream::iter([Ok(Frame::data(text))]).chain(stream::pending());
+            let mut response = Response::new(Body::new(frames.boxed()));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            std::future::ready(Ok::<_, BoxError>(response))
+        }));
+    let request = client.request([(0, Cursor::first())]).unwrap();
+    let start = tokio::time::Instant::now();
+    let error = client.fetch_page(&request).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        std::time::Duration::ZERO,
+        "no wait for more"
+    );
+    assert_eq!(error.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(
+        error
+            .body_excerpt()
+            .is_some_and(|text| text.starts_with("xxx"))
+    );
+}
