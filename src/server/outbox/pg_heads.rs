@@ -107,7 +107,10 @@ impl SharedLook {
         let mut seen = self.seen.lock().await;
         if let Some((look, error)) = &seen.failed {
             if *look > asked_after {
-                return Err(ReadError::internal(SharedLookError(Arc::clone(error))));
+                return Err(ReadError::internal(SharedFailure {
+                    what: "look at the table",
+                    cause: Arc::clone(error),
+                }));
             }
         }
         if let Some(heads) = fresh(&seen.heads, partitions, asked_after) {
@@ -146,17 +149,22 @@ impl SharedLook {
     }
 }
 
-/// The failure of a look that another request made for this one.
+/// The failure of a query that another request made for this one: a
+/// shared look or a shared page.
 #[derive(Debug)]
-struct SharedLookError(Arc<str>);
+pub(crate) struct SharedFailure {
+    /// What was shared: "look at the table", "read of the page".
+    pub(crate) what: &'static str,
+    pub(crate) cause: Arc<str>,
+}
 
-impl std::fmt::Display for SharedLookError {
+impl std::fmt::Display for SharedFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the shared look at the table failed: {}", self.0)
+        write!(f, "the shared {} failed: {}", self.what, self.cause)
     }
 }
 
-impl std::error::Error for SharedLookError {}
+impl std::error::Error for SharedFailure {}
 
 /// The heads of `partitions` if looks numbered above `asked_after` saw
 /// every one of them, and the number of the latest of those looks.

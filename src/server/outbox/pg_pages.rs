@@ -12,6 +12,7 @@ use futures_core::Stream;
 use tokio::sync::OnceCell;
 
 use super::page::OutboxPage;
+use super::pg_heads::SharedFailure;
 use crate::protocol::{Cursor, FeedItem, HeaderSelection};
 use crate::server::ReadError;
 
@@ -107,7 +108,10 @@ impl SharedPages {
             .await;
         match items {
             Ok(items) => Ok(Arc::clone(items)),
-            Err(error) => Err(ReadError::internal(SharedReadError(Arc::clone(error)))),
+            Err(error) => Err(ReadError::internal(SharedFailure {
+                what: "read of the page",
+                cause: Arc::clone(error),
+            })),
         }
     }
 
@@ -147,18 +151,6 @@ impl std::fmt::Debug for SharedPages {
         f.debug_struct("SharedPages").finish_non_exhaustive()
     }
 }
-
-/// The failure of a read that another request made for this one.
-#[derive(Debug)]
-struct SharedReadError(Arc<str>);
-
-impl std::fmt::Display for SharedReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the shared read of the page failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for SharedReadError {}
 
 /// Takes a flight off the table when its request leaves.
 struct Leave<'a> {
