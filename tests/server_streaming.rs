@@ -513,6 +513,19 @@ async fn a_page_knows_its_length_only_when_it_is_whole_at_once() {
     assert_eq!(frame, expected, "the whole page in one frame");
     assert!(body.is_end_stream());
 
+    // Up to 8 KiB is whole at once: here about 6 KiB.
+    let several = FnReader::new(|_: &ReadContext<'_>| {
+        Ok(stream::iter((0..180).map(|seq| Ok(event(0, &data(seq))))).boxed())
+    });
+    let page = FeedService::new(several, 1)
+        .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+        .await
+        .unwrap();
+    let length = page.body().size_hint().exact();
+    let text = page.into_body().collect().await.unwrap().to_bytes();
+    assert!(text.len() > 4096, "{} bytes", text.len());
+    assert_eq!(length, Some(text.len() as u64));
+
     let produced = Arc::new(AtomicU64::new(0));
     let long = FeedService::new(lazy_reader(Arc::clone(&produced)), 1)
         .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
