@@ -493,9 +493,9 @@ async fn fixed_answers_know_their_length_and_their_end() {
     assert!(nothing.body().is_end_stream());
 }
 
-/// A page that is whole before its head goes out (a few ready events)
-/// knows its length; one that is longer than 8 KiB, or whose reader still
-/// waits, streams and knows neither its length nor its end.
+/// A page that is whole before its head goes out and shorter than 8 KiB (a
+/// few ready events) knows its length; a longer one, or one whose reader
+/// still waits, streams and knows neither its length nor its end.
 #[tokio::test]
 async fn a_page_knows_its_length_only_when_it_is_whole_at_once() {
     let one = FnReader::new(|_: &ReadContext<'_>| {
@@ -525,6 +525,24 @@ async fn a_page_knows_its_length_only_when_it_is_whole_at_once() {
     let text = page.into_body().collect().await.unwrap().to_bytes();
     assert!(text.len() > 4096, "{} bytes", text.len());
     assert_eq!(length, Some(text.len() as u64));
+
+    // The line of one event with a string of `fill` bytes is 26 bytes more.
+    let one_line = |fill: usize| {
+        FnReader::new(move |_: &ReadContext<'_>| {
+            let text = serde_json::to_string(&"x".repeat(fill)).unwrap();
+            Ok(stream::iter([Ok(event(0, &text))]).boxed())
+        })
+    };
+    for (fill, whole) in [(8165, true), (8166, false)] {
+        let page = FeedService::new(one_line(fill), 1)
+            .oneshot(request(Method::GET, "/feed?n=1&cursor0=_first"))
+            .await
+            .unwrap();
+        let length = page.body().size_hint().exact();
+        let text = page.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text.len(), fill + 26);
+        assert_eq!(length.is_some(), whole, "a page of {} bytes", text.len());
+    }
 
     let produced = Arc::new(AtomicU64::new(0));
     let long = FeedService::new(lazy_reader(Arc::clone(&produced)), 1)

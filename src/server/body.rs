@@ -37,7 +37,7 @@ const FIRST_CAPACITY: usize = 1024;
 /// more, packs their lines into frames of up to 64 KiB, and hands a frame
 /// on as soon as the reader has nothing ready. The first line goes out on
 /// its own, so that the consumer's first byte does not wait for a full
-/// frame; but a page whose reader has ended within its first 8 KiB by the
+/// frame; but a page shorter than 8 KiB whose reader has ended by the
 /// time the response starts (a woken long-polling request's few events) is
 /// sent whole, with its length, in one write. A reader error after the first line ends the body with
 /// [`FeedBodyError`], so that the server aborts the response: the consumer
@@ -132,7 +132,7 @@ where
     S: Stream<Item = Result<FeedItem, ReadError>>,
 {
     /// Takes in what the page's reader has ready before the response
-    /// goes out. A page that ends within 8 KiB becomes a body of known
+    /// goes out. A page shorter than 8 KiB that has ended becomes a body of known
     /// length, sent with its head in one write (a woken long-polling
     /// request's page, an in-memory feed's small page); a longer or slower
     /// one streams as it comes.
