@@ -93,17 +93,10 @@ impl SharedLook {
         partitions: &[u32],
     ) -> Result<(u64, Vec<Heads>), ReadError> {
         let asked_after = self.started.load(Ordering::SeqCst);
-        {
-            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-            wanted.extend_from_slice(partitions);
-            // Requests served by a look they did not ask for leave their
-            // wishes for the next one: keep the list to one entry per
-            // partition.
-            if wanted.len() > WISH_LIST_COMPACTION {
-                wanted.sort_unstable();
-                wanted.dedup();
-            }
-        }
+        wish(
+            &mut self.wanted.lock().unwrap_or_else(PoisonError::into_inner),
+            partitions,
+        );
         let mut seen = self.seen.lock().await;
         if let Some((look, error)) = &seen.failed {
             if *look > asked_after {
@@ -146,6 +139,17 @@ impl SharedLook {
     /// The number of the last look that has ended.
     pub(crate) fn looks_done(&self) -> u64 {
         self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// Adds `partitions` to the wish list of the next look. Requests served by
+/// a look they did not ask for leave their wishes behind: past
+/// [`WISH_LIST_COMPACTION`] entries the list keeps one per partition.
+fn wish(wanted: &mut Vec<u32>, partitions: &[u32]) {
+    wanted.extend_from_slice(partitions);
+    if wanted.len() > WISH_LIST_COMPACTION {
+        wanted.sort_unstable();
+        wanted.dedup();
     }
 }
 
@@ -252,6 +256,21 @@ mod tests {
         assert_eq!(look_from(&starts, &[pending, news]), Look::News);
         assert_eq!(look_from(&starts, &[pending, NONE]), Look::Pending);
         assert_eq!(look_from(&starts, &[NONE, NONE]), Look::Nothing);
+    }
+
+    #[test]
+    fn the_wish_list_keeps_one_entry_per_partition_past_its_size() {
+        let mut wanted = Vec::new();
+        for _ in 0..WISH_LIST_COMPACTION / 2 {
+            wish(&mut wanted, &[1, 2]);
+        }
+        assert_eq!(wanted.len(), WISH_LIST_COMPACTION, "short lists are left");
+        wish(&mut wanted, &[3, 1]);
+        assert_eq!(wanted, [1, 2, 3]);
+        for _ in 0..5000 {
+            wish(&mut wanted, &[1, 2]);
+        }
+        assert!(wanted.len() <= WISH_LIST_COMPACTION + 2, "{}", wanted.len());
     }
 
     #[test]
