@@ -259,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_failure_says_what_failed_and_why() {
+        let failure = SharedFailure {
+            what: "look at the table",
+            cause: Arc::from("connection refused"),
+        };
+        assert_eq!(
+            failure.to_string(),
+            "the shared look at the table failed: connection refused"
+        );
+    }
+
+    #[test]
     fn the_wish_list_keeps_one_entry_per_partition_past_its_size() {
         let mut wanted = Vec::new();
         for _ in 0..WISH_LIST_COMPACTION / 2 {
