@@ -223,7 +223,101 @@ impl RecentCursors {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::protocol::{Checkpoint, Event, RawJson};
+
+    fn key() -> PageKey {
+        PageKey {
+            starts: vec![(0, [1, 1])],
+            page_size: 10,
+            headers: HeaderSelection::None,
+        }
+    }
+
+    /// A page of `events`, each of `size` bytes of data and followed by
+    /// its checkpoint `"1"`, `"2"`...
+    fn page_of(events: usize, size: usize) -> OutboxPage {
+        let data = format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
+        OutboxPage::new(move |emitter| async move {
+            for n in 1..=events {
+                let data = RawJson::from_bytes(data.clone()).unwrap();
+                emitter.emit(FeedItem::Event(Event::new(0, data))).await;
+                let cursor = Cursor::try_from(n.to_string()).unwrap();
+                emitter
+                    .emit(FeedItem::Checkpoint(Checkpoint::new(0, cursor)))
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_finished_read_is_not_served_again_and_its_cursors_are_remembered() {
+        let pages = SharedPages::default();
+        let reads = AtomicUsize::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(page_of(2, 10))
+        };
+        let items = pages.page(key(), 1, 1, read).await.unwrap();
+        assert_eq!(items.len(), 4);
+        pages.page(key(), 1, 1, read).await.unwrap();
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "a new request reads afresh"
+        );
+        assert!(pages.flights.lock().unwrap().is_empty());
+
+        let two = Cursor::try_from("2".to_owned()).unwrap();
+        assert!(pages.recently_handed_out(0, &two));
+        assert!(!pages.recently_handed_out(1, &two));
+        pages.forget_cursors();
+        assert!(!pages.recently_handed_out(0, &two));
+        assert_eq!(format!("{pages:?}"), "SharedPages { .. }");
+    }
+
+    #[tokio::test]
+    async fn a_request_woken_by_a_later_look_does_not_join_an_earlier_read() {
+        let pages = Arc::new(SharedPages::default());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let first = {
+            let (pages, reads, release) = (pages.clone(), reads.clone(), release.clone());
+            tokio::spawn(async move {
+                let read = || async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    Ok(page_of(1, 10))
+                };
+                pages.page(key(), 1, 1, read).await.map(|items| items.len())
+            })
+        };
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Woken by look 2, which ended after the read above began.
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(page_of(3, 10))
+        };
+        let items = pages.page(key(), 2, 2, read).await.unwrap();
+        assert_eq!(items.len(), 6, "its own read");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        release.notify_one();
+        assert_eq!(first.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_page_stops_after_a_mib_of_data_at_a_checkpoint() {
+        let items = collect(page_of(3, 600 * 1024)).await.unwrap();
+        assert_eq!(items.len(), 4, "two events and their checkpoints");
+        assert!(matches!(items.last(), Some(FeedItem::Checkpoint(_))));
+        let small = collect(page_of(3, 10)).await.unwrap();
+        assert_eq!(small.len(), 6);
+    }
 
     #[test]
     fn the_oldest_cursor_is_forgotten_first() {
