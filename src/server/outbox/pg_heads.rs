@@ -116,19 +116,14 @@ impl SharedLook {
         asked.extend_from_slice(partitions);
         asked.sort_unstable();
         asked.dedup();
-        let partitions_sql: Vec<i32> = asked.iter().map(|p| *p as i32).collect();
-        let rows = match sqlx::query(statement)
-            .bind(partitions_sql)
-            .fetch_all(pool)
-            .await
-        {
-            Ok(rows) => rows,
+        let found = match query_heads(pool, statement, &asked).await {
+            Ok(found) => found,
             Err(error) => {
                 seen.failed = Some((look, Arc::from(error.to_string())));
-                return Err(ReadError::internal(error));
+                return Err(error);
             }
         };
-        for (partition, heads) in heads_by_partition(&rows)? {
+        for (partition, heads) in found {
             seen.heads.insert(partition, (look, heads));
         }
         self.done.fetch_max(look, Ordering::SeqCst);
@@ -191,8 +186,24 @@ fn fresh(
     Some((latest, heads))
 }
 
+/// Runs the heads statement (`statement`) for `partitions` on `executor`:
+/// each partition's heads.
+pub(crate) async fn query_heads<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    statement: &str,
+    partitions: &[u32],
+) -> Result<HashMap<u32, Heads>, ReadError> {
+    let asked: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+    let rows = sqlx::query(statement)
+        .bind(asked)
+        .fetch_all(executor)
+        .await
+        .map_err(ReadError::internal)?;
+    heads_by_partition(&rows)
+}
+
 /// The rows of the heads statement, by partition.
-pub(crate) fn heads_by_partition(rows: &[PgRow]) -> Result<HashMap<u32, Heads>, ReadError> {
+fn heads_by_partition(rows: &[PgRow]) -> Result<HashMap<u32, Heads>, ReadError> {
     rows.iter()
         .map(|row| {
             let partition: i32 = row.try_get(0).map_err(ReadError::internal)?;

@@ -10,7 +10,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::event::check_partition;
 use super::page::{Budget, OutboxPage, emit_event, row_event};
-use super::pg_heads::{Heads, SharedLook, heads_by_partition, look_from};
+use super::pg_heads::{Heads, SharedLook, look_from, query_heads};
 use super::pg_listener::{self, AppendListenerTask};
 use super::pg_pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
 use super::wait::{Look, wait_for_rows};
@@ -418,7 +418,7 @@ impl PostgresFeed {
         let statements = &self.outbox.statements;
         let (heads, handed_out) = match connection {
             Some(connection) => {
-                let heads = query_heads(&mut *connection, &statements.heads, lasts).await?;
+                let heads = ordered_heads(&mut *connection, &statements.heads, lasts).await?;
                 (heads, self.handed_out(connection, unproven).await?)
             }
             None => {
@@ -590,7 +590,7 @@ type Starts = Vec<(u32, [u64; 2])>;
 
 /// Runs the heads statement for `partitions` on `connection`, in their
 /// order.
-async fn query_heads(
+async fn ordered_heads(
     connection: &mut PgConnection,
     statement: &str,
     partitions: &[u32],
@@ -598,13 +598,7 @@ async fn query_heads(
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let asked: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
-    let rows = sqlx::query(statement)
-        .bind(asked)
-        .fetch_all(connection)
-        .await
-        .map_err(ReadError::internal)?;
-    let found = heads_by_partition(&rows)?;
+    let found = query_heads(connection, statement, partitions).await?;
     partitions
         .iter()
         .map(|partition| {
