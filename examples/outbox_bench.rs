@@ -39,7 +39,8 @@ use sqlx::{
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest};
 use zeroeventhub::server::{
-    FeedReader, FeedService, OutboxEvent, PostgresOutbox, Server, SqliteOutbox, TableName,
+    FeedReader, FeedService, NotifyAfterCommit, OutboxEvent, PostgresOutbox, Server, SqliteOutbox,
+    TableName,
 };
 use zeroeventhub::workload;
 
@@ -177,7 +178,9 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let plain_insert =
         "INSERT INTO plain_events (partition, headers, data) VALUES ($1, $2::json, $3::json)";
     let mut pg_outbox_rates = Vec::new();
+    let mut pg_after_commit_rates = Vec::new();
     let mut pg_plain_rates = Vec::new();
+    let after_commit = outbox.notify_after_commit(pg.clone());
     for _ in 0..3 {
         pg_plain_rates.push({
             let pg = pg.clone();
@@ -207,6 +210,22 @@ async fn run(options: &Options) -> Result<(), BoxError> {
                     let mut tx = pool.begin().await?;
                     let spent = timed(outbox.append(&mut tx, &event)).await?;
                     tx.commit().await?;
+                    Ok(spent)
+                }
+            })
+            .await?
+        });
+        pg_after_commit_rates.push({
+            let (pg, writer) = (pg.clone(), after_commit.clone());
+            append_rate(options.appends, move |event| {
+                let (pool, writer) = (pg.clone(), writer.clone());
+                async move {
+                    let mut tx = pool.begin().await?;
+                    let start = Instant::now();
+                    let appended = writer.append(&mut tx, &event).await?;
+                    let spent = start.elapsed();
+                    tx.commit().await?;
+                    writer.notify(appended);
                     Ok(spent)
                 }
             })
@@ -259,7 +278,12 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, ours, plain) in [
-        ("PostgreSQL", pg_outbox_rates, pg_plain_rates),
+        ("PostgreSQL", pg_outbox_rates, pg_plain_rates.clone()),
+        (
+            "PostgreSQL, NotifyAfterCommit",
+            pg_after_commit_rates,
+            pg_plain_rates,
+        ),
         ("SQLite", sqlite_outbox_rates, sqlite_plain_rates),
     ] {
         let ours_rate = median(ours.iter().map(|r| r.events_per_second).collect());
@@ -277,16 +301,22 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     );
 
     // Append to receipt with long polling.
-    let latencies = receipts(&pg, &outbox, options.consumers, options.receipts).await?;
     println!();
-    println!(
-        "append to receipt, PostgreSQL, long polling, {} consumers x {} events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal: p99 <= 20 ms)",
-        options.consumers,
-        options.receipts,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
-    );
+    for writer in [
+        Writer::Notifying(outbox.clone()),
+        Writer::AfterCommit(after_commit),
+    ] {
+        let name = writer.name();
+        let latencies = receipts(&pg, writer, options.consumers, options.receipts).await?;
+        println!(
+            "append to receipt, PostgreSQL, long polling, {name}, {} consumers x {} events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal: p99 <= 20 ms)",
+            options.consumers,
+            options.receipts,
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0),
+        );
+    }
     Ok(())
 }
 
@@ -471,10 +501,11 @@ async fn timed<T, E>(statement: impl Future<Output = Result<T, E>>) -> Result<Du
 /// from the start of each commit to its receipt, in milliseconds.
 async fn receipts(
     pool: &PgPool,
-    outbox: &PostgresOutbox,
+    writer: Writer,
     consumers: usize,
     count: u64,
 ) -> Result<Vec<f64>, BoxError> {
+    let outbox = writer.outbox();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/feed/v1", listener.local_addr()?);
     let service = outbox.feed(pool.clone()).service();
@@ -514,12 +545,21 @@ async fn receipts(
         let data = workload::event_data(partition, 2_000_000_000 + index);
         let value: serde_json::Value = data.deserialize()?;
         let id = value["id"].as_str().unwrap_or_default().to_owned();
+        let event = OutboxEvent::in_partition(partition, data);
         let mut tx = pool.begin().await?;
-        outbox
-            .append(&mut tx, &OutboxEvent::in_partition(partition, data))
-            .await?;
-        committing.lock().unwrap().insert(id, Instant::now());
-        tx.commit().await?;
+        match &writer {
+            Writer::Notifying(outbox) => {
+                outbox.append(&mut tx, &event).await?;
+                committing.lock().unwrap().insert(id, Instant::now());
+                tx.commit().await?;
+            }
+            Writer::AfterCommit(writer) => {
+                let appended = writer.append(&mut tx, &event).await?;
+                committing.lock().unwrap().insert(id, Instant::now());
+                tx.commit().await?;
+                writer.notify(appended);
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let committing = committing.lock().unwrap().clone();
@@ -533,6 +573,30 @@ async fn receipts(
     server.abort();
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
+}
+
+/// How the append-to-receipt writer wakes the feed.
+enum Writer {
+    /// `pg_notify` in its transaction.
+    Notifying(PostgresOutbox),
+    /// After its commit.
+    AfterCommit(NotifyAfterCommit),
+}
+
+impl Writer {
+    fn name(&self) -> &'static str {
+        match self {
+            Writer::Notifying(_) => "notifying at commit",
+            Writer::AfterCommit(_) => "NotifyAfterCommit",
+        }
+    }
+
+    fn outbox(&self) -> &PostgresOutbox {
+        match self {
+            Writer::Notifying(outbox) => outbox,
+            Writer::AfterCommit(writer) => writer.outbox(),
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{Cursor, FeedRequest, HeaderSelection};
 use zeroeventhub::server::{
-    AppendSignal, FeedReader, FeedService, OutboxEvent, PostgresOutbox, SqliteOutbox, TableName,
+    AppendSignal, Appended, FeedReader, FeedService, NotifyAfterCommit, OutboxEvent,
+    PostgresOutbox, SqliteOutbox, TableName,
 };
 
 /// Long enough that a request still waiting at the end of a test was never
@@ -363,6 +364,136 @@ mod postgres {
         append(&db.url, &outbox, 2, true).await;
         let (ids, _) = answer(second).await;
         assert_eq!(ids, ["e2"]);
+    }
+    /// Lets a waiting request finish the looks that follow the start of
+    /// `LISTEN` (a wake-up of every request, then a few backed-off looks).
+    async fn settled() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Commits one event on partition 0 through `writer`, on a connection
+    /// of its own, without waking anyone; gives what to notify.
+    async fn append_quietly(url: &str, writer: &NotifyAfterCommit, id: u64) -> Appended {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        let appended = writer
+            .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        appended
+    }
+
+    #[tokio::test]
+    async fn a_writer_notifying_after_commit_wakes_waiting_requests_when_told_and_not_before() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool.clone());
+        let service = feed.service().max_wait(LONG_WAIT);
+        let writer = outbox.notify_after_commit(pool);
+
+        let first = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        settled().await;
+        let appended = append_quietly(&db.url, &writer, 1).await;
+        assert_eq!(appended.partitions().collect::<Vec<_>>(), [0]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!first.is_finished(), "the commit itself woke the request");
+        writer.notify(appended);
+        let (ids, cursors) = answer(first).await;
+        assert_eq!(ids, ["e1"]);
+
+        // A batch on both partitions, then a rollback: one wake-up for the
+        // batch, and nothing of the rolled-back event.
+        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        let mut connection = PgConnection::connect(&db.url).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        let _ = writer
+            .append(&mut tx, &OutboxEvent::in_partition(0, data(2)))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        let batch = [
+            OutboxEvent::in_partition(1, data(3)),
+            OutboxEvent::in_partition(0, data(4)),
+            OutboxEvent::in_partition(0, data(5)),
+        ];
+        let appended = writer.append_batch(&mut tx, &batch).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(appended.partitions().collect::<Vec<_>>(), [0, 1]);
+        assert!(
+            writer
+                .append_batch(&mut connection, &[])
+                .await
+                .unwrap()
+                .is_empty(),
+            "an empty batch appends to no partition"
+        );
+        writer.notify(appended);
+        let (ids, _) = answer(second).await;
+        assert_eq!(ids, ["e4", "e5"]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_notifying_after_commit_sends_what_is_pending_when_dropped() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool.clone());
+        let service = feed.service().max_wait(LONG_WAIT);
+        let writer = outbox.notify_after_commit(pool);
+
+        let fetch = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        settled().await;
+        let appended = append_quietly(&db.url, &writer, 1).await;
+        writer.notify(appended);
+        drop(writer);
+        let (ids, _) = answer(fetch).await;
+        assert_eq!(ids, ["e1"]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_notifying_after_commit_replaces_a_lost_connection() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool.clone());
+        let service = feed.service().max_wait(LONG_WAIT);
+        let writer = outbox.notify_after_commit(pool);
+
+        let mut cursors = vec![(0, Cursor::last())];
+        for id in 1..=2 {
+            let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+            waiting(feed.append_signal(), 1).await;
+            until("LISTEN", || listening(&db.url)).await;
+            settled().await;
+            let appended = append_quietly(&db.url, &writer, id).await;
+            writer.notify(appended);
+            let (ids, next) = answer(fetch).await;
+            assert_eq!(ids, [format!("e{id}")]);
+            cursors = next;
+            if id == 1 {
+                // The writer's own connection, the one that sent `NOTIFY`.
+                let mut admin = PgConnection::connect(&db.url).await.unwrap();
+                let killed: i64 = sqlx::query_scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query LIKE 'SELECT pg_notify%'",
+                )
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+                assert_eq!(killed, 1);
+            }
+        }
     }
 }
 

@@ -36,11 +36,11 @@ pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
 pub use wake::{AppendListener, AppendSignal, WaitEnd};
 
+#[cfg(feature = "postgres")]
+pub use outbox::{Appended, NotifyAfterCommit, PostgresFeed, PostgresOutbox};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{
     InvalidTableName, OutboxError, OutboxEvent, OutboxPage, TableName, partition_for_key,
 };
-#[cfg(feature = "postgres")]
-pub use outbox::{PostgresFeed, PostgresOutbox};
 #[cfg(feature = "sqlite")]
 pub use outbox::{SqliteFeed, SqliteOutbox};

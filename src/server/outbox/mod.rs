@@ -9,6 +9,8 @@ mod pg_heads;
 #[cfg(feature = "postgres")]
 mod pg_listener;
 #[cfg(feature = "postgres")]
+mod pg_notifier;
+#[cfg(feature = "postgres")]
 mod pg_pages;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -20,6 +22,8 @@ pub use crate::table::{InvalidTableName, TableName};
 pub use error::OutboxError;
 pub use event::{OutboxEvent, partition_for_key};
 pub use page::OutboxPage;
+#[cfg(feature = "postgres")]
+pub use pg_notifier::{Appended, NotifyAfterCommit};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresFeed, PostgresOutbox};
 #[cfg(feature = "sqlite")]
@@ -40,6 +44,9 @@ mod tests {
                 sql::PAGE_BEGIN,
                 sql::APPEND,
                 sql::APPEND_BATCH,
+                sql::INSERT,
+                sql::INSERT_BATCH,
+                sql::NOTIFY,
                 sql::READ,
                 sql::HEADS,
                 sql::HANDED_OUT,

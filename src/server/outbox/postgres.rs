@@ -12,6 +12,7 @@ use super::event::check_partition;
 use super::page::{Budget, OutboxPage, emit_event, row_event};
 use super::pg_heads::{Heads, SharedLook, look_from, query_heads};
 use super::pg_listener::{self, AppendListenerTask};
+use super::pg_notifier::NotifyAfterCommit;
 use super::pg_pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
 use super::wait::{Look, wait_for_rows};
 use super::{OutboxError, OutboxEvent, TableName, cursor};
@@ -54,6 +55,21 @@ WITH appended AS (
     RETURNING partition
 )
 SELECT pg_notify('{table}', p::text) FROM (SELECT DISTINCT partition AS p FROM appended) AS touched";
+
+    /// One event, without a wake-up (for `NotifyAfterCommit`).
+    pub(crate) const INSERT: &str =
+        "INSERT INTO {table} (partition, headers, data) VALUES ($1, $2::json, $3::json)";
+
+    /// A batch of events in one statement, in order, without a wake-up.
+    pub(crate) const INSERT_BATCH: &str = "\
+INSERT INTO {table} (partition, headers, data)
+SELECT p, h::json, d::json
+FROM unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
+ORDER BY n";
+
+    /// The wake-up of the partitions `$1`, sent after their commits.
+    pub(crate) const NOTIFY: &str =
+        "SELECT pg_notify('{table}', p::text) FROM unnest($1::integer[]) AS p";
 
     /// Opens a page's read-only transaction: with sorts priced out of
     /// reach, the planner reads through the primary key whatever its
@@ -110,6 +126,9 @@ struct Statements {
     schema: String,
     append: String,
     append_batch: String,
+    insert: String,
+    insert_batch: String,
+    notify: String,
     read: String,
     heads: String,
     handed_out: String,
@@ -170,6 +189,9 @@ impl PostgresOutbox {
                 schema: fill(sql::SCHEMA),
                 append: fill(sql::APPEND),
                 append_batch: fill(sql::APPEND_BATCH),
+                insert: fill(sql::INSERT),
+                insert_batch: fill(sql::INSERT_BATCH),
+                notify: fill(sql::NOTIFY),
                 read: fill(sql::READ),
                 heads: fill(sql::HEADS),
                 handed_out: fill(sql::HANDED_OUT),
@@ -220,18 +242,15 @@ impl PostgresOutbox {
 
     /// Appends `event` in the caller's transaction (or, on a connection
     /// outside a transaction, on its own). Readers see it once that
-    /// transaction commits; a rollback leaves no trace. One statement.
+    /// transaction commits; a rollback leaves no trace. One statement,
+    /// whose `pg_notify` wakes the feeds at the commit (see
+    /// [`notify_after_commit`](Self::notify_after_commit) for its cost).
     pub async fn append(
         &self,
         connection: &mut PgConnection,
         event: &OutboxEvent,
     ) -> Result<(), OutboxError> {
-        let partition = event.checked_partition(self.partition_count())?;
-        sqlx::query(&self.statements.append)
-            .bind(partition as i32)
-            .bind(event.headers_json())
-            .bind(event.data().as_str())
-            .execute(connection)
+        self.append_with(&self.statements.append, connection, event)
             .await?;
         Ok(())
     }
@@ -244,24 +263,86 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         events: &[OutboxEvent],
     ) -> Result<(), OutboxError> {
+        self.append_batch_with(&self.statements.append_batch, connection, events)
+            .await?;
+        Ok(())
+    }
+
+    /// A writer over this outbox that appends without notifying and wakes
+    /// the feeds after the caller's commit, on a connection opened with
+    /// `pool`'s options: for many concurrent writers, whose notifying
+    /// commits would take turns.
+    pub fn notify_after_commit(&self, pool: PgPool) -> NotifyAfterCommit {
+        NotifyAfterCommit::new(self.clone(), pool)
+    }
+
+    /// Appends `event` without a wake-up; returns its partition.
+    pub(crate) async fn insert(
+        &self,
+        connection: &mut PgConnection,
+        event: &OutboxEvent,
+    ) -> Result<u32, OutboxError> {
+        self.append_with(&self.statements.insert, connection, event)
+            .await
+    }
+
+    /// Appends `events` without a wake-up; returns their partitions.
+    pub(crate) async fn insert_batch(
+        &self,
+        connection: &mut PgConnection,
+        events: &[OutboxEvent],
+    ) -> Result<Vec<u32>, OutboxError> {
+        self.append_batch_with(&self.statements.insert_batch, connection, events)
+            .await
+    }
+
+    /// The statement that wakes the feeds of the partitions it is given.
+    pub(crate) fn notify_statement(&self) -> &str {
+        &self.statements.notify
+    }
+
+    /// Runs an append statement for one event; returns its partition.
+    async fn append_with(
+        &self,
+        statement: &str,
+        connection: &mut PgConnection,
+        event: &OutboxEvent,
+    ) -> Result<u32, OutboxError> {
+        let partition = event.checked_partition(self.partition_count())?;
+        sqlx::query(statement)
+            .bind(partition as i32)
+            .bind(event.headers_json())
+            .bind(event.data().as_str())
+            .execute(connection)
+            .await?;
+        Ok(partition)
+    }
+
+    /// Runs a batch append statement; returns the events' partitions.
+    async fn append_batch_with(
+        &self,
+        statement: &str,
+        connection: &mut PgConnection,
+        events: &[OutboxEvent],
+    ) -> Result<Vec<u32>, OutboxError> {
         let mut partitions = Vec::with_capacity(events.len());
         let mut headers = Vec::with_capacity(events.len());
         let mut data = Vec::with_capacity(events.len());
         for event in events {
-            partitions.push(event.checked_partition(self.partition_count())? as i32);
+            partitions.push(event.checked_partition(self.partition_count())?);
             headers.push(event.headers_json());
             data.push(event.data().as_str());
         }
         if events.is_empty() {
-            return Ok(());
+            return Ok(partitions);
         }
-        sqlx::query(&self.statements.append_batch)
-            .bind(partitions)
+        sqlx::query(statement)
+            .bind(partitions.iter().map(|&p| p as i32).collect::<Vec<_>>())
             .bind(headers)
             .bind(data)
             .execute(connection)
             .await?;
-        Ok(())
+        Ok(partitions)
     }
 
     /// The feed of this table, reading with connections of `pool`.
