@@ -332,6 +332,31 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn a_feed_over_a_pool_of_one_connection_listens_outside_it() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, _, outbox) = setup(&taken).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&db.url)
+            .await
+            .unwrap();
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+
+        let mut cursors = vec![(0, Cursor::last())];
+        for id in 1..=2 {
+            let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+            waiting(feed.append_signal(), 1).await;
+            until("LISTEN", || listening(&db.url)).await;
+            append(&db.url, &outbox, id, true).await;
+            let (ids, next) = answer(fetch).await;
+            assert_eq!(ids, [format!("e{id}")]);
+            cursors = next;
+        }
+    }
+
+    #[tokio::test]
     async fn a_dropped_listen_connection_is_replaced() {
         let taken = Arc::new(AtomicUsize::new(0));
         let (db, pool, outbox) = setup(&taken).await;

@@ -1,5 +1,5 @@
-//! The `LISTEN` connection of a PostgreSQL feed: one per feed, started by
-//! the first waiting request, turning the writers' `NOTIFY` into wake-ups
+//! The `LISTEN` connection of a PostgreSQL feed: one per feed, outside the
+//! feed's pool, started by the first waiting request, turning the writers' `NOTIFY` into wake-ups
 //! of the feed's [`AppendSignal`].
 
 use std::future::Future;
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;
 
 use super::TableName;
@@ -72,9 +72,15 @@ pub(crate) fn shared() -> Arc<AppendListenerTask> {
 /// connection may be a failover to a server that lacks the latest commits:
 /// the cursors the feed remembers handing out are proved again.
 async fn listen(pool: PgPool, channel: String, signal: AppendSignal, pages: Arc<SharedPages>) {
+    // The connection is the feed's own, opened with the pool's options: a
+    // slot of the pool held for good would leave a pool of one nothing to
+    // read with.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
     while !pool.is_closed() {
         let connected = polling(&signal, async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.ignore_pool_close_event(true);
             listener.listen(&channel).await?;
             Ok::<_, sqlx::Error>(listener)

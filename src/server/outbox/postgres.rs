@@ -382,7 +382,8 @@ impl fmt::Debug for PostgresOutbox {
 ///
 /// A request that asks to wait is held, without a connection, until a
 /// servable row comes past its cursors, or its deadline. The feed keeps
-/// one connection of its pool for `LISTEN` on the table's channel (from
+/// one connection for `LISTEN` on the table's channel, opened with its
+/// pool's options but outside the pool (from
 /// the first waiting request until the last clone of the feed is dropped);
 /// the writer's `pg_notify` reaches it at commit, never after a rollback,
 /// and wakes the requests waiting on that partition. The waiting requests
