@@ -471,7 +471,7 @@ mod postgres {
         let (db, pool, outbox) = setup(&taken).await;
         let feed = outbox.feed(pool.clone());
         let service = feed.service().max_wait(LONG_WAIT);
-        let writer = outbox.notify_after_commit(pool);
+        let writer = outbox.notify_after_commit(pool.clone());
 
         let fetch = spawn_fetch(
             &service,
@@ -483,8 +483,40 @@ mod postgres {
         let appended = append_quietly(&db.url, &writer, 1).await;
         writer.notify(appended);
         drop(writer);
+        let (ids, cursors) = answer(fetch).await;
+        assert_eq!(ids, ["e1"], "what was pending went out");
+        until("the writer's connection closes", || async {
+            notifying_connections(&db.url).await == 0
+        })
+        .await;
+
+        // A writer dropped while its task waits for work ends the task,
+        // which closes its connection.
+        let idle = outbox.notify_after_commit(pool);
+        let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        let appended = append_quietly(&db.url, &idle, 2).await;
+        idle.notify(appended);
         let (ids, _) = answer(fetch).await;
-        assert_eq!(ids, ["e1"]);
+        assert_eq!(ids, ["e2"]);
+        assert_eq!(notifying_connections(&db.url).await, 1);
+        drop(idle);
+        until("the writer's connection closes", || async {
+            notifying_connections(&db.url).await == 0
+        })
+        .await;
+    }
+
+    /// How many connections have sent `NOTIFY` from a writer's task.
+    async fn notifying_connections(url: &str) -> i64 {
+        let mut connection = PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'SELECT pg_notify%'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -508,6 +540,7 @@ mod postgres {
             cursors = next;
             if id == 1 {
                 // The writer's own connection, the one that sent `NOTIFY`.
+                assert_eq!(notifying_connections(&db.url).await, 1);
                 let mut admin = PgConnection::connect(&db.url).await.unwrap();
                 let killed: i64 = sqlx::query_scalar(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
