@@ -24,9 +24,10 @@
 //! each partition's numbering from the largest `person_id` in the table, so
 //! their ids stay unique across restarts.
 //!
-//! On SIGINT or SIGTERM it stops appending and accepting, lets the pages
-//! being sent finish (up to 30 s), and prints `appended N events` as the
-//! last line of stdout.
+//! On SIGINT or SIGTERM it stops appending and accepting, answers the
+//! requests waiting for events at once (`FeedService::end_waits`), lets
+//! the pages being sent finish (up to 30 s), and prints
+//! `appended N events` as the last line of stdout.
 //!
 //! Connections are served by `zeroeventhub::server::Server`: a request head
 //! must arrive within `--header-timeout` (10 s), a kept-alive connection is
@@ -174,7 +175,7 @@ async fn main() -> ExitCode {
                 })
                 .into_iter()
                 .collect();
-            (app(feed, &options, &pages), appenders)
+            (app(feed, &options, &pages, &stopped), appenders)
         }
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
         Some(url) => match database::open(url, &options, &pages, &stopped).await {
@@ -208,8 +209,8 @@ async fn main() -> ExitCode {
         () = shutdown_signal() => {}
     }
 
-    // Stop appending (transactions under way commit), stop accepting, and
-    // let the pages being sent finish.
+    // Stop appending (transactions under way commit) and waiting, stop
+    // accepting, and let the pages being sent finish.
     let _ = stop.send(true);
     let mut appended = 0u64;
     for appender in appenders {
@@ -225,8 +226,14 @@ async fn main() -> ExitCode {
 }
 
 /// The router serving `reader`'s feed at `/feed/v1`, with the options'
-/// page size, token and tracing, counting its pages in flight in `pages`.
-fn app<R: FeedReader>(reader: R, options: &Options, pages: &Arc<AtomicUsize>) -> axum::Router {
+/// page size, token and tracing, counting its requests in flight in
+/// `pages`; once `stopped`, no request waits.
+fn app<R: FeedReader>(
+    reader: R,
+    options: &Options,
+    pages: &Arc<AtomicUsize>,
+    stopped: &watch::Receiver<bool>,
+) -> axum::Router {
     let reader = Counted {
         reader,
         pages: Arc::clone(pages),
@@ -234,6 +241,12 @@ fn app<R: FeedReader>(reader: R, options: &Options, pages: &Arc<AtomicUsize>) ->
     let service = FeedService::new(reader, options.partitions)
         .max_page_size(options.max_page_size)
         .max_wait(options.max_wait);
+    let (ending, mut stopped) = (service.clone(), stopped.clone());
+    tokio::spawn(async move {
+        if stopped.wait_for(|stop| *stop).await.is_ok() {
+            ending.end_waits();
+        }
+    });
     let mut app = axum::Router::new().route_service("/feed/v1", service);
     if let Some(token) = &options.token {
         app = app.route_layer(ValidateRequestHeaderLayer::custom(BearerToken::new(token)));
@@ -263,8 +276,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// A reader that counts its pages being sent (not the requests still
-/// waiting for events), so that shutdown can let them finish.
+/// A reader that counts its requests from the read (a wait included) to
+/// the end of the page, so that shutdown can let them finish: waits end at
+/// once then.
 struct Counted<R> {
     reader: R,
     pages: Arc<AtomicUsize>,
@@ -274,18 +288,18 @@ impl<R: FeedReader> FeedReader for Counted<R> {
     type Stream = CountedPage;
 
     async fn read(&self, context: ReadContext<'_>) -> Result<CountedPage, ReadError> {
+        let in_flight = InFlight::new(&self.pages);
         let stream = self.reader.read(context).await?;
-        self.pages.fetch_add(1, Ordering::SeqCst);
         Ok(CountedPage {
             stream: Box::pin(stream),
-            pages: Arc::clone(&self.pages),
+            _in_flight: in_flight,
         })
     }
 }
 
 struct CountedPage {
     stream: Pin<Box<dyn Stream<Item = Result<FeedItem, ReadError>> + Send>>,
-    pages: Arc<AtomicUsize>,
+    _in_flight: InFlight,
 }
 
 impl Stream for CountedPage {
@@ -296,9 +310,20 @@ impl Stream for CountedPage {
     }
 }
 
-impl Drop for CountedPage {
+/// One request counted, from its read until its page is dropped (or the
+/// read itself is, when the consumer goes away or a wait ends).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.pages.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -431,7 +456,7 @@ mod database {
                     .map_err(|error| error.to_string())?;
                 let feed = outbox.feed(pool.clone());
                 let writers = start(Postgres { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, pages), writers));
+                return Ok((super::app(feed, options, pages, stopped), writers));
             }
             #[cfg(not(feature = "postgres"))]
             return Err("this build lacks the `postgres` feature".to_owned());
@@ -460,7 +485,7 @@ mod database {
                     .map_err(|error| error.to_string())?;
                 let feed = outbox.feed(pool.clone());
                 let writers = start(Sqlite { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, pages), writers));
+                return Ok((super::app(feed, options, pages, stopped), writers));
             }
             #[cfg(not(feature = "sqlite"))]
             return Err(format!("this build lacks the `sqlite` feature for {path}"));

@@ -12,6 +12,7 @@ use std::time::Duration;
 use support::database;
 use support::outbox::read_to_end;
 use support::transport::LIVENESS;
+use zeroeventhub::client::Client;
 use zeroeventhub::protocol::Cursor;
 
 const PARTITIONS: u32 = 2;
@@ -105,7 +106,25 @@ async fn appends_survive_restarts(database: &str) {
     let reading = Serving::start(database, 0);
     let total = loaded + first_run + second_run;
     let ids = ids_once_at_least(&reading.url, total).await;
-    assert_eq!(reading.stop("-TERM"), 0);
+    // A request waiting for events at shutdown gets its page at once.
+    let client = Client::builder(reading.url.parse().unwrap(), PARTITIONS).build();
+    let waiting = tokio::spawn(async move {
+        let request = client
+            .request((0..PARTITIONS).map(|p| (p, Cursor::last())))
+            .unwrap()
+            .with_wait(Duration::from_secs(30));
+        client.fetch_page(&request).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the request waits");
+    let stopping = tokio::task::spawn_blocking(move || reading.stop("-TERM"));
+    let page = tokio::time::timeout(LIVENESS, waiting)
+        .await
+        .expect("a wait of 30 s ended with the server")
+        .unwrap()
+        .expect("a page, not a cut connection");
+    assert!(page.events().is_empty());
+    assert_eq!(stopping.await.unwrap(), 0);
     assert_eq!(ids.len() as u64, total, "the workload loaded once");
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "ids unique across restarts");

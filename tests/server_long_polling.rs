@@ -238,6 +238,40 @@ async fn past_the_cap_a_waiting_request_is_answered_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ending_waits_answers_the_waiting_requests_at_once_and_no_request_waits_after() {
+    let feed = feed();
+    let service = feed.service();
+    let mounted = service.clone();
+    let idle = spawn_get(&mounted, "n=2&cursor1=_first&wait=10");
+    let behind = spawn_get(&mounted, "n=2&cursor0=0&cursor1=_first&wait=10");
+    let (reply, elapsed) = behind.await.unwrap();
+    assert_eq!(elapsed, Duration::ZERO, "events to send are never held");
+    assert_eq!(reply.text.lines().count(), 2);
+    settle(|| service.waiting() == 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!idle.is_finished());
+
+    // A clone ends the waits of every clone.
+    service.clone().end_waits();
+    let (reply, elapsed) = idle.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text, "", "a valid empty page");
+    assert_eq!(elapsed, Duration::from_secs(2));
+    assert_eq!(service.waiting(), 0);
+    assert_eq!(feed.append_signal().waiters(), 0);
+
+    let (reply, elapsed) = spawn_get(&mounted, "n=2&cursor0=_last&wait=10")
+        .await
+        .unwrap();
+    assert_eq!(
+        elapsed,
+        Duration::ZERO,
+        "a request after the end does not wait"
+    );
+    assert_eq!(reply.text, "{\"partition\":0,\"cursor\":\"1\"}\n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cap_of_zero_turns_waiting_off() {
     let feed = feed();
     let service = feed.service().max_waiting(0);

@@ -1,7 +1,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::body::PageSettings;
@@ -36,7 +37,8 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 ///   At most [`max_waiting`](Self::max_waiting) requests hold a deadline at
 ///   once; past that, a request is answered as if it had no wait. `HEAD`
 ///   never waits. When the consumer goes away, the server drops the
-///   response future and the wait ends with it.
+///   response future and the wait ends with it. For a graceful shutdown,
+///   [`end_waits`](Self::end_waits) answers every waiting request at once.
 /// - A page ends at its first checkpoint after
 ///   [`max_page_duration`](FeedService::max_page_duration), so that a reader
 ///   (a database query and its snapshot) is not held for long by a slow
@@ -63,6 +65,8 @@ pub struct FeedService<R> {
     config: Config,
     /// Requests holding a wait deadline now, shared by the clones.
     waiting: Arc<AtomicUsize>,
+    /// Set by `end_waits`, for every clone.
+    waits_ended: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +109,7 @@ impl<R: FeedReader> FeedService<R> {
                 max_page_duration: Self::DEFAULT_MAX_PAGE_DURATION,
             },
             waiting: Arc::new(AtomicUsize::new(0)),
+            waits_ended: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -148,6 +153,16 @@ impl<R: FeedReader> FeedService<R> {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Ends long polling on this service and its clones, for a graceful
+    /// shutdown: every request waiting now is answered at once, with what
+    /// its partitions hold (an empty page if nothing came), and requests
+    /// from now on do not wait. Consumers then take their next page from
+    /// wherever they reconnect, while the server lets the pages being
+    /// sent finish.
+    pub fn end_waits(&self) {
+        self.waits_ended.send_replace(true);
+    }
+
     /// Sets how long a page may stream: past it, the page ends cleanly at
     /// its next checkpoint (a shorter page is always valid; the consumer asks
     /// again from there). The clock is looked at whenever the page moves on,
@@ -175,6 +190,7 @@ impl<R> Clone for FeedService<R> {
             reader: Arc::clone(&self.reader),
             config: self.config,
             waiting: Arc::clone(&self.waiting),
+            waits_ended: Arc::clone(&self.waits_ended),
         }
     }
 }
@@ -226,6 +242,7 @@ where
             Method::GET => self.admit_wait(&feed_request),
             _ => None,
         };
+        let mut waits_ended = wait.as_ref().map(|_| self.waits_ended.subscribe());
         let span = tracing::debug_span!(
             "feed_page",
             partitions = ?feed_request.cursors().iter().map(|(partition, _)| partition).collect::<Vec<_>>(),
@@ -242,7 +259,31 @@ where
             let context = ReadContext::new(&feed_request, page_size, &extensions)
                 .with_wait_deadline(wait_deadline);
             let encoder = LineEncoder::new(feed_request.headers().clone());
-            let response = match reader.read(context).await {
+            let read = match &mut waits_ended {
+                None => reader.read(context).await,
+                Some(waits_ended) => {
+                    let waited = {
+                        let mut read = pin!(reader.read(context));
+                        let mut ended = pin!(waits_ended.wait_for(|ended| *ended));
+                        poll_fn(|cx| {
+                            if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                                return Poll::Ready(Some(read));
+                            }
+                            ended.as_mut().poll(cx).map(|_| None)
+                        })
+                        .await
+                    };
+                    match waited {
+                        Some(read) => read,
+                        // Read again, without the wait.
+                        None => {
+                            let context = ReadContext::new(&feed_request, page_size, &extensions);
+                            reader.read(context).await
+                        }
+                    }
+                }
+            };
+            let response = match read {
                 Ok(stream) => {
                     let settings = PageSettings {
                         deadline: Instant::now().checked_add(max_page_duration),
@@ -266,7 +307,7 @@ impl<R> FeedService<R> {
     /// waiting requests are at their cap.
     fn admit_wait(&self, request: &FeedRequest) -> Option<(tokio::time::Instant, WaitSlot)> {
         let wait = request.wait()?.min(self.config.max_wait);
-        if wait.is_zero() {
+        if wait.is_zero() || *self.waits_ended.borrow() {
             return None;
         }
         let arrival = tokio::time::Instant::now();
