@@ -426,6 +426,12 @@ mod postgres {
         settled().await;
         let appended = append_quietly(&db.url, &writer, 1).await;
         assert_eq!(appended.partitions().collect::<Vec<_>>(), [0]);
+        let described = format!("{writer:?}");
+        assert!(
+            described.starts_with("NotifyAfterCommit { outbox: PostgresOutbox { table: ")
+                && described.ends_with("pending_partitions: 0 }"),
+            "{described}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!first.is_finished(), "the commit itself woke the request");
         writer.notify(appended);
