@@ -513,6 +513,67 @@ mod postgres {
         .await;
     }
 
+    /// What a test's tracing subscriber writes.
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn count(&self, needle: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .matches(needle)
+                .count()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_notifying_after_commit_backs_off_while_it_fails_and_stops_once_dropped() {
+        const FAILED: &str = "cannot notify the feeds";
+        let log = Log::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        // The test's runtime runs the writer's task on this thread.
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, _, outbox) = setup(&taken).await;
+        // Nothing listens on port 1: every NOTIFY fails.
+        let unreachable = PgPoolOptions::new()
+            .connect_lazy("postgres://postgres@127.0.0.1:1/test")
+            .unwrap();
+        let writer = outbox.notify_after_commit(unreachable);
+        let appended = append_quietly(&db.url, &writer, 1).await;
+        writer.notify(appended);
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let failures = log.count(FAILED);
+        // Pauses of 10 ms doubling: about six attempts in half a second.
+        assert!(
+            (1..=12).contains(&failures),
+            "{failures} failed attempts in 500 ms"
+        );
+        drop(writer);
+        // The task gives up at its next attempt (the pause is at most 1 s).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let after = log.count(FAILED) - failures;
+        assert!(
+            after <= 1,
+            "{after} more attempts after the writer went away"
+        );
+    }
+
     /// How many connections have sent `NOTIFY` from a writer's task.
     async fn notifying_connections(url: &str) -> i64 {
         let mut connection = PgConnection::connect(url).await.unwrap();

@@ -255,14 +255,14 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
                 unsent.clear();
                 pause = FIRST_PAUSE;
             }
-            Err(error) if alive && !pool.is_closed() => {
+            Err(error) if alive => {
                 tracing::warn!(%error, "cannot notify the feeds; trying again");
                 connection = None;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_PAUSE);
             }
-            // The writer and its pool are gone: the feeds find the events at
-            // the end of their waits.
+            // The writer is gone: the feeds find the events at the end of
+            // their waits.
             Err(_) => return,
         }
     }
