@@ -8,8 +8,8 @@
 //!
 //! This process serves a one-partition `MemoryFeed` over loopback HTTP
 //! (`server::Server`); the consumers run in a child process of their own
-//! (`wait_bench consume ...`), each task with its own connection, reading
-//! with the crate's client. Each appended event carries the wall-clock time
+//! (`wait_bench consume ...`), each task a consumer with a client and a
+//! connection of its own. Each appended event carries the wall-clock time
 //! of its append in nanoseconds; a consumer that has the page (decoded, its
 //! checkpoint in) reports the difference. Figures:
 //!
@@ -22,7 +22,10 @@
 //!   (each wait of 20 s runs out and is asked again in that time), from
 //!   `/proc/self/stat`;
 //! - the same latency with consumers that poll every second without a wait,
-//!   events appended at random moments.
+//!   events appended at random moments;
+//! - the machine's floor for the same fan-out: a bare tokio TCP server and
+//!   bare TCP consumers, in the same two-process layout, with no HTTP
+//!   library on either side; no HTTP stack here can do better.
 //!
 //! 2,000 connections need as many descriptors on each side: the bench
 //! stops at once when `ulimit -n` is below 4,096 (`ulimit -n 8192` first).
@@ -32,11 +35,12 @@ mod procfs;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use procfs::{cpu_seconds, status_kb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{Cursor, Event, RawJson};
@@ -88,6 +92,8 @@ fn now_nanos() -> u64 {
 enum Mode {
     Wait,
     Poll,
+    /// The machine's floor: bare tokio TCP on both sides, no HTTP library.
+    Raw,
 }
 
 impl Mode {
@@ -95,6 +101,7 @@ impl Mode {
         match self {
             Mode::Wait => "wait",
             Mode::Poll => "poll",
+            Mode::Raw => "raw",
         }
     }
 }
@@ -193,14 +200,17 @@ async fn run(idle_seconds: u64, max_consumers: usize) -> Result<(), BoxError> {
         let measured = latencies(&feed, &service, &consumers, count, Mode::Poll).await?;
         results.push((count, Mode::Poll, measured));
     }
+    for &count in &counts {
+        results.push((count, Mode::Raw, floor_latencies(count).await?));
+    }
 
     println!();
     println!("Append-to-receipt latency over loopback, consumers in another process:");
     println!();
     println!(
-        "| consumers | long polling p50 | p99 | 1 s polling p50 | p99 | p50 ratio | samples (wait/poll) |"
+        "| consumers | long polling p50 | p99 | 1 s polling p50 | p99 | p50 ratio | raw TCP floor p50 | p99 | samples (wait/poll/raw) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &count in &counts {
         let find = |mode| {
             results
@@ -208,20 +218,30 @@ async fn run(idle_seconds: u64, max_consumers: usize) -> Result<(), BoxError> {
                 .find(|(n, m, _)| *n == count && *m == mode)
                 .map(|(_, _, figures)| figures)
         };
-        let (Some(wait), Some(poll)) = (find(Mode::Wait), find(Mode::Poll)) else {
+        let (Some(wait), Some(poll), Some(raw)) =
+            (find(Mode::Wait), find(Mode::Poll), find(Mode::Raw))
+        else {
             continue;
         };
         println!(
-            "| {count} | {:.2} ms | {:.2} ms | {:.0} ms | {:.0} ms | {:.0}× | {}/{} |",
+            "| {count} | {:.2} ms | {:.2} ms | {:.0} ms | {:.0} ms | {:.0}× | {:.2} ms | {:.2} ms | {}/{}/{} |",
             wait.p50_ms,
             wait.p99_ms,
             poll.p50_ms,
             poll.p99_ms,
             poll.p50_ms / wait.p50_ms,
+            raw.p50_ms,
+            raw.p99_ms,
             wait.samples,
             poll.samples,
+            raw.samples,
         );
     }
+    println!();
+    println!(
+        "The raw TCP floor: the same fan-out with no HTTP library on either side (tokio \
+         sockets, one small response per waiting connection), measured in this run."
+    );
     println!();
     println!(
         "Server memory per waiting request: {per_waiter_kib:.1} KiB (RSS {rss_before} kB -> {rss_waiting} kB with {largest} waiting)"
@@ -248,19 +268,13 @@ async fn latencies(
     count: usize,
     mode: Mode,
 ) -> Result<Figures, BoxError> {
-    let rounds = match (mode, count) {
-        (Mode::Wait, 1) => 300,
-        (Mode::Wait, 100) => 50,
-        (Mode::Wait, _) => 20,
-        (Mode::Poll, 1) => 20,
-        (Mode::Poll, 100) => 10,
-        (Mode::Poll, _) => 5,
-    };
+    let rounds = rounds(mode, count);
     eprintln!("{} consumers, {}: {rounds} rounds", count, mode.name());
     let mut random = Jitter::new();
     for round in 0..rounds {
         match mode {
-            Mode::Wait => {
+            // (The floor has rounds of its own.)
+            Mode::Wait | Mode::Raw => {
                 until(|| service.waiting() == count, "every consumer waits again").await?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -276,17 +290,125 @@ async fn latencies(
         )
         .await?;
     }
-    let mut latencies = consumers.take_latencies();
+    Ok(figures(consumers.take_latencies()))
+}
+
+/// The rounds of a group.
+fn rounds(mode: Mode, count: usize) -> usize {
+    match (mode, count) {
+        (Mode::Wait | Mode::Raw, 1) => 300,
+        (Mode::Wait | Mode::Raw, 100) => 50,
+        (Mode::Wait | Mode::Raw, _) => 20,
+        (Mode::Poll, 1) => 20,
+        (Mode::Poll, 100) => 10,
+        (Mode::Poll, _) => 5,
+    }
+}
+
+/// The percentiles of `latencies`, in nanoseconds.
+fn figures(mut latencies: Vec<u64>) -> Figures {
     latencies.sort_unstable();
     let at = |fraction: f64| {
         let index = ((latencies.len() as f64 * fraction) as usize).min(latencies.len() - 1);
         latencies[index] as f64 / 1e6
     };
-    Ok(Figures {
+    Figures {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         samples: latencies.len(),
-    })
+    }
+}
+
+/// The same rounds against the floor: a bare tokio TCP server whose
+/// connections, once they have read a request head, wait for the round's
+/// signal and write one fixed response carrying the append's time.
+async fn floor_latencies(count: usize) -> Result<Figures, BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let round = Arc::new(tokio::sync::Notify::new());
+    let stamp = Arc::new(AtomicU64::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (round, stamp, waiting) = (round.clone(), stamp.clone(), waiting.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let (round, stamp, waiting) = (round.clone(), stamp.clone(), waiting.clone());
+                tokio::spawn(raw_serve(stream, round, stamp, waiting));
+            }
+        })
+    };
+    let consumers = Consumers::start(&addr, count, Mode::Raw)?;
+    let outcome = async {
+        consumers.ready().await?;
+        for round_number in 0..rounds(Mode::Raw, count) {
+            until(
+                || waiting.load(Ordering::SeqCst) == count,
+                "every raw consumer waits",
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stamp.store(now_nanos(), Ordering::SeqCst);
+            round.notify_waiters();
+            let expected = count * (round_number + 1);
+            until(
+                || consumers.received() >= expected,
+                "every raw consumer has the event",
+            )
+            .await?;
+        }
+        Ok::<_, BoxError>(figures(consumers.take_latencies()))
+    }
+    .await;
+    server.abort();
+    outcome
+}
+
+/// One raw connection: reads a request head, waits for the round, answers.
+async fn raw_serve(
+    mut stream: tokio::net::TcpStream,
+    round: Arc<tokio::sync::Notify>,
+    stamp: Arc<AtomicU64>,
+    waiting: Arc<AtomicUsize>,
+) {
+    let mut buffer = vec![0u8; 1024];
+    loop {
+        if !raw_read_until(&mut stream, &mut buffer, b"\r\n\r\n").await {
+            return;
+        }
+        let next = round.notified();
+        waiting.fetch_add(1, Ordering::SeqCst);
+        next.await;
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        let body = format!(
+            "{{\"partition\":0,\"data\":{{\"t\":{}}}}}\n{{\"partition\":0,\"cursor\":\"1\"}}\n",
+            stamp.load(Ordering::SeqCst)
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncache-control: no-store\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads into `buffer` until what came ends with `end`; false at the end
+/// of the stream.
+async fn raw_read_until(stream: &mut tokio::net::TcpStream, buffer: &mut [u8], end: &[u8]) -> bool {
+    let mut filled = 0;
+    while !buffer[..filled].ends_with(end) {
+        match stream.read(&mut buffer[filled..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => filled += read,
+        }
+        if filled == buffer.len() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Polls `done` every millisecond until it holds.
@@ -412,6 +534,7 @@ fn consume_main(args: &[String]) -> Result<(), BoxError> {
             "--consumers" => consumers = value.parse()?,
             "--mode" if value == "wait" => mode = Mode::Wait,
             "--mode" if value == "poll" => mode = Mode::Poll,
+            "--mode" if value == "raw" => mode = Mode::Raw,
             other => return Err(format!("unknown argument {other:?} {value:?}").into()),
         }
     }
@@ -419,21 +542,65 @@ fn consume_main(args: &[String]) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = Client::builder(url.parse()?, 1).build();
         let started = Arc::new(AtomicUsize::new(0));
         let reporter = Reporter::start();
         let mut tasks = Vec::with_capacity(consumers);
         for _ in 0..consumers {
-            let (client, started, reporter) = (client.clone(), started.clone(), reporter.clone());
-            tasks.push(tokio::spawn(async move {
-                consume(client, mode, started, consumers, reporter).await
-            }));
+            let (started, reporter) = (started.clone(), reporter.clone());
+            let task = if mode == Mode::Raw {
+                tokio::spawn(consume_raw(url.clone(), started, consumers, reporter))
+            } else {
+                // A client each, as consumers in services of their own have.
+                let client = Client::builder(url.parse()?, 1).build();
+                tokio::spawn(consume(client, mode, started, consumers, reporter))
+            };
+            tasks.push(task);
         }
         for task in tasks {
             task.await??;
         }
         Ok(())
     })
+}
+
+/// One raw consumer of the floor: a bare TCP connection to `addr` that
+/// sends a fixed request head and reads one response after another.
+async fn consume_raw(
+    addr: String,
+    started: Arc<AtomicUsize>,
+    consumers: usize,
+    reporter: Reporter,
+) -> Result<(), BoxError> {
+    const REQUEST: &[u8] = b"GET /feed/v1?n=1&cursor0=1&wait=20 HTTP/1.1\r\nhost: feed\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buffer = vec![0u8; 4096];
+    let mut first = true;
+    loop {
+        stream.write_all(REQUEST).await?;
+        if first {
+            first = false;
+            if started.fetch_add(1, Ordering::SeqCst) + 1 == consumers {
+                reporter.send("READY".to_owned());
+            }
+        }
+        // The response ends with its checkpoint line.
+        let mut filled = 0;
+        while !buffer[..filled].ends_with(b"\"}\n") {
+            match stream.read(&mut buffer[filled..]).await? {
+                0 => return Ok(()),
+                read => filled += read,
+            }
+        }
+        let now = now_nanos();
+        let text = std::str::from_utf8(&buffer[..filled])?;
+        let stamp = text
+            .split_once("\"t\":")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .and_then(|(stamp, _)| stamp.parse::<u64>().ok())
+            .ok_or("a response without its time")?;
+        reporter.send(format!("L {}", now.saturating_sub(stamp)));
+    }
 }
 
 /// Hands the latency of each of `events`, had at `now`, to the process's
@@ -496,7 +663,7 @@ async fn consume(
     reporter: Reporter,
 ) -> Result<(), BoxError> {
     let wait = match mode {
-        Mode::Wait => WAIT,
+        Mode::Wait | Mode::Raw => WAIT,
         Mode::Poll => Duration::ZERO,
     };
     let mut request = client.request([(0, Cursor::last())])?;
