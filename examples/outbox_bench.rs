@@ -13,8 +13,10 @@
 //!   `PostgresFeed`, then from a `SqliteFeed`; beside it, a bare sqlx
 //!   streaming `SELECT` of the same rows from PostgreSQL.
 //! - Append: 4 writers, one event per transaction (`--appends` each), with
-//!   the outbox writer and with a plain `INSERT` of the same row into a
-//!   table of the same schema, alternated over 3 rounds (median).
+//!   the outbox writer (notifying in the transaction, and
+//!   `NotifyAfterCommit`) and with a plain `INSERT` of the same row into a
+//!   table of the same schema and rows (on PostgreSQL), alternated over 5
+//!   rounds (median).
 //! - Append to receipt: `--consumers` clients long polling a `PostgresFeed`
 //!   while one writer commits `--receipts` events, 50 ms apart; the time
 //!   from the start of each commit to each consumer's receipt.
@@ -49,6 +51,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const PARTITIONS: u32 = 2;
 const PAGE_SIZE: u32 = 10_000;
 const WRITERS: usize = 4;
+/// Rounds of each append series, alternated; the median is reported.
+const ROUNDS: usize = 5;
 const DATABASE: &str = "zeh_outbox_bench";
 
 struct Options {
@@ -175,13 +179,25 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     // Appends.
     let plain = PostgresOutbox::new(TableName::new("plain_events")?, PARTITIONS);
     plain.migrate(&pg).await?;
+    // The same rows as the outbox, so that both inserts go into indexes of
+    // the same depth.
+    sqlx::query(
+        "INSERT INTO plain_events (partition, headers, data) \
+         SELECT partition, headers, data FROM events ORDER BY txid, position",
+    )
+    .execute(&pg)
+    .await?;
+    sqlx::query("VACUUM ANALYZE plain_events")
+        .execute(&pg)
+        .await?;
+    sqlx::query("VACUUM ANALYZE events").execute(&pg).await?;
     let plain_insert =
         "INSERT INTO plain_events (partition, headers, data) VALUES ($1, $2::json, $3::json)";
     let mut pg_outbox_rates = Vec::new();
     let mut pg_after_commit_rates = Vec::new();
     let mut pg_plain_rates = Vec::new();
     let after_commit = outbox.notify_after_commit(pg.clone());
-    for _ in 0..3 {
+    for _ in 0..ROUNDS {
         pg_plain_rates.push({
             let pg = pg.clone();
             append_rate(options.appends, move |event| {
@@ -237,7 +253,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let sqlite_insert = "INSERT INTO plain_events (partition, headers, data) VALUES (?1, ?2, ?3)";
     let mut sqlite_outbox_rates = Vec::new();
     let mut sqlite_plain_rates = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..ROUNDS {
         sqlite_plain_rates.push({
             let sqlite = sqlite.clone();
             append_rate(options.appends, move |event| {

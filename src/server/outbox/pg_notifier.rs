@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 
 use super::{OutboxError, OutboxEvent, PostgresOutbox};
 
+/// The least time between two wake-ups: under a stream of commits, those of
+/// each millisecond share one `NOTIFY` (the feeds hear of a commit at most
+/// this much later), instead of nearly one each.
+const MIN_GAP: Duration = Duration::from_millis(1);
 /// The pause after a failed wake-up, doubling up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between attempts while the database is unreachable.
@@ -233,6 +237,7 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
     let mut pause = FIRST_PAUSE;
     let mut unsent = BTreeSet::new();
     let mut connection = None;
+    let mut next_due = tokio::time::Instant::now();
     loop {
         // Whether the writer lives, learned before taking what is pending:
         // what its last clone left is in the set by the time it is gone.
@@ -250,6 +255,12 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
             pending.wake.notified().await;
             continue;
         }
+        if tokio::time::Instant::now() < next_due {
+            // Commits that come meanwhile go out in the same statement.
+            tokio::time::sleep_until(next_due).await;
+            continue;
+        }
+        next_due = tokio::time::Instant::now() + MIN_GAP;
         match send(&mut connection, &pool, &statement, &unsent).await {
             Ok(()) => {
                 unsent.clear();
