@@ -3,7 +3,10 @@
 //! no other thread races the subscriber for the callsites.
 #![cfg(feature = "client")]
 
-use std::io::Write;
+#[path = "support/logs.rs"]
+#[allow(dead_code)]
+mod logs;
+
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,31 +19,17 @@ use zeroeventhub::BoxError;
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::Cursor;
 
+use logs::Log;
+
 type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
-
-/// Everything the fmt subscriber writes, for reading back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn fetches_are_traced_with_their_retries_and_a_page_summary() {
-    let captured = Captured::default();
-    let writer = captured.clone();
+    let captured = Log::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
-        .with_writer(move || writer.clone())
+        .with_writer(captured.writer())
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
 
@@ -65,7 +54,7 @@ async fn fetches_are_traced_with_their_retries_and_a_page_summary() {
     let request = client.request([(0, Cursor::first())]).unwrap();
     client.fetch_page(&request).await.unwrap();
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     assert!(
         log.contains("feed_fetch{url=http://feed.test/events partitions=1"),
         "{log}"

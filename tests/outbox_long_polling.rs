@@ -17,6 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, Database, PgConnection, PgPool, SqlitePool};
 use support::database;
+use support::logs::Log;
 use support::outbox::{data, id_of};
 use support::transport::LIVENESS;
 use tokio::task::JoinHandle;
@@ -108,14 +109,27 @@ mod postgres {
 
     /// Whether the feed's `LISTEN` connection is up.
     async fn listening(url: &str) -> bool {
+        connections(url, "count(*)", "LISTEN").await > 0
+    }
+
+    /// `aggregate` (over `pid`) of the database's connections whose last
+    /// statement starts with `statement`.
+    async fn connections(url: &str, aggregate: &str, statement: &str) -> i64 {
         let mut connection = PgConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
+        sqlx::query_scalar(&format!(
+            "SELECT {aggregate} FROM pg_stat_activity \
+             WHERE datname = current_database() AND starts_with(query, $1)"
+        ))
+        .bind(statement)
         .fetch_one(&mut connection)
         .await
         .unwrap()
+    }
+
+    /// Ends the database's connections whose last statement starts with
+    /// `statement`; gives how many.
+    async fn terminate(url: &str, statement: &str) -> i64 {
+        connections(url, "count(pg_terminate_backend(pid))", statement).await
     }
 
     async fn append(url: &str, outbox: &PostgresOutbox, id: u64, commit: bool) {
@@ -369,15 +383,7 @@ mod postgres {
         );
         waiting(feed.append_signal(), 1).await;
         until("LISTEN", || listening(&db.url)).await;
-        let mut admin = PgConnection::connect(&db.url).await.unwrap();
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        assert_eq!(killed, 1);
+        assert_eq!(terminate(&db.url, "LISTEN").await, 1);
         append(&db.url, &outbox, 1, true).await;
         let (ids, cursors) = answer(first).await;
         assert_eq!(ids, ["e1"]);
@@ -513,36 +519,12 @@ mod postgres {
         .await;
     }
 
-    /// What a test's tracing subscriber writes.
-    #[derive(Clone, Default)]
-    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Log {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Log {
-        fn count(&self, needle: &str) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .matches(needle)
-                .count()
-        }
-    }
-
     #[tokio::test]
     async fn a_writer_notifying_after_commit_backs_off_while_it_fails_and_stops_once_dropped() {
         const FAILED: &str = "cannot notify the feeds";
         let log = Log::default();
-        let sink = log.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
+            .with_writer(log.writer())
             .with_ansi(false)
             .finish();
         // The test's runtime runs the writer's task on this thread.
@@ -576,14 +558,7 @@ mod postgres {
 
     /// How many connections have sent `NOTIFY` from a writer's task.
     async fn notifying_connections(url: &str) -> i64 {
-        let mut connection = PgConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'SELECT pg_notify%'",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .unwrap()
+        connections(url, "count(*)", "SELECT pg_notify").await
     }
 
     #[tokio::test]
@@ -608,15 +583,7 @@ mod postgres {
             if id == 1 {
                 // The writer's own connection, the one that sent `NOTIFY`.
                 assert_eq!(notifying_connections(&db.url).await, 1);
-                let mut admin = PgConnection::connect(&db.url).await.unwrap();
-                let killed: i64 = sqlx::query_scalar(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND query LIKE 'SELECT pg_notify%'",
-                )
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-                assert_eq!(killed, 1);
+                assert_eq!(terminate(&db.url, "SELECT pg_notify").await, 1);
             }
         }
     }

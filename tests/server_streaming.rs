@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use futures_util::stream::{self, StreamExt};
 use http::{Method, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
+use support::logs::Log;
 use support::readers::{FnReader, ItemStream, ReadFn, checkpoint, drop_signal, event, guarded};
 use support::transport::{LIVENESS, LoopbackServer, client, request, router};
 use tokio::sync::mpsc;
@@ -353,27 +353,11 @@ async fn reader_error_mid_page_fails_the_body_in_process() {
     );
 }
 
-/// Captures what the server logs.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn reader_error_before_the_first_line_is_logged_not_sent() {
     let log = Log::default();
-    let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
+        .with_writer(log.writer())
         .with_ansi(false)
         .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
@@ -387,7 +371,7 @@ async fn reader_error_before_the_first_line_is_logged_not_sent() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"internal error while reading the feed\n");
 
-    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let logged = log.text();
     assert!(
         logged.contains(SECRET),
         "the detail is in the log: {logged:?}"
@@ -695,9 +679,8 @@ fn the_service_and_its_bodies_describe_themselves() {
 #[tokio::test]
 async fn the_page_span_names_partitions_page_size_and_events_sent() {
     let log = Log::default();
-    let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
+        .with_writer(log.writer())
         .with_ansi(false)
         .with_max_level(tracing::Level::DEBUG)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
@@ -722,7 +705,7 @@ async fn the_page_span_names_partitions_page_size_and_events_sent() {
     let (_, end) = read_to_end(&mut response.into_body()).await;
     end.unwrap();
 
-    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let logged = log.text();
     let closed = logged
         .lines()
         .find(|line| line.contains("feed_page") && line.contains("close"))

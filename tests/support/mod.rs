@@ -8,6 +8,7 @@ pub(crate) mod auth;
 pub(crate) mod database;
 pub(crate) mod examples;
 pub(crate) mod faults;
+pub(crate) mod logs;
 #[cfg(all(
     feature = "hyper-client",
     any(feature = "postgres", feature = "sqlite")
