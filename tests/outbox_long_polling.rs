@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use zeroeventhub::client::Client;
 use zeroeventhub::protocol::{Cursor, FeedRequest, HeaderSelection};
 use zeroeventhub::server::{
-    AppendSignal, Appended, FeedReader, FeedService, NotifyAfterCommit, OutboxEvent,
+    AppendSignal, Appended, FeedReader, FeedService, NotifyAfterCommit, OutboxEvent, PostgresFeed,
     PostgresOutbox, SqliteOutbox, TableName,
 };
 
@@ -402,6 +402,23 @@ mod postgres {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    /// A request waiting at the end of partition 0, once the feed listens
+    /// and the request's first looks are done.
+    async fn waiting_at_the_end(
+        service: &FeedService<PostgresFeed>,
+        feed: &PostgresFeed,
+        url: &str,
+    ) -> JoinHandle<Fetched> {
+        let fetch = spawn_fetch(
+            service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(url)).await;
+        settled().await;
+        fetch
+    }
+
     /// Commits one event on partition 0 through `writer`, on a connection
     /// of its own, without waking anyone; gives what to notify.
     async fn append_quietly(url: &str, writer: &NotifyAfterCommit, id: u64) -> Appended {
@@ -423,13 +440,7 @@ mod postgres {
         let service = feed.service().max_wait(LONG_WAIT);
         let writer = outbox.notify_after_commit(pool);
 
-        let first = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
-        settled().await;
+        let first = waiting_at_the_end(&service, &feed, &db.url).await;
         let appended = append_quietly(&db.url, &writer, 1).await;
         assert_eq!(appended.partitions().collect::<Vec<_>>(), [0]);
         let described = format!("{writer:?}");
@@ -485,13 +496,7 @@ mod postgres {
         let service = feed.service().max_wait(LONG_WAIT);
         let writer = outbox.notify_after_commit(pool.clone());
 
-        let fetch = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
-        settled().await;
+        let fetch = waiting_at_the_end(&service, &feed, &db.url).await;
         let appended = append_quietly(&db.url, &writer, 1).await;
         writer.notify(appended);
         drop(writer);
