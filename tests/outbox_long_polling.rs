@@ -561,6 +561,38 @@ mod postgres {
         );
     }
 
+    #[tokio::test]
+    async fn a_writer_notifying_after_commit_gives_up_on_a_server_that_does_not_answer() {
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.writer())
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, _, outbox) = setup(&taken).await;
+        // A server that takes connections and never says a word.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let mute = PgPoolOptions::new()
+            .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/test"))
+            .unwrap();
+        let writer = outbox.notify_after_commit(mute);
+        let appended = append_quietly(&db.url, &writer, 1).await;
+        writer.notify(appended);
+        until("a wake-up given up", || async {
+            log.count("did not answer within 5s") > 0
+        })
+        .await;
+        held.abort();
+    }
+
     /// How many connections have sent `NOTIFY` from a writer's task.
     async fn notifying_connections(url: &str) -> i64 {
         connections(url, "count(*)", "SELECT pg_notify").await

@@ -24,6 +24,10 @@ use super::{OutboxError, OutboxEvent, PostgresOutbox};
 /// each millisecond share one `NOTIFY` (the feeds hear of a commit at most
 /// this much later), instead of nearly one each.
 const MIN_GAP: Duration = Duration::from_millis(1);
+/// The longest a wake-up may take, connecting included: past it, the
+/// connection is given up for a new one (a server that stopped answering
+/// would hold the task, and every later wake-up, for good).
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed wake-up, doubling up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between attempts while the database is unreachable.
@@ -261,7 +265,18 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
             continue;
         }
         next_due = tokio::time::Instant::now() + MIN_GAP;
-        match send(&mut connection, &pool, &statement, &unsent).await {
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            send(&mut connection, &pool, &statement, &unsent),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the server did not answer within {SEND_TIMEOUT:?}"),
+            )))
+        });
+        match sent {
             Ok(()) => {
                 unsent.clear();
                 pause = FIRST_PAUSE;
