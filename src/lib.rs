@@ -147,7 +147,7 @@
 //! | `hyper-client` | yes     | the default transport: hyper-util's pooled client, HTTP/1.1 or HTTP/2 |
 //! | `rustls`       | no      | HTTPS for the default transport, through hyper-rustls |
 //! | `sqlite`       | yes     | with `server`: `SqliteOutbox` and `SqliteFeed`, an outbox table and its feed over SQLite; with `client`: the cursor store `SqliteStore` |
-//! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL; with `client`: `PostgresStore`, whose instances share the partitions |
+//! | `postgres`     | no      | with `server`: `PostgresOutbox` and `PostgresFeed`, the same over PostgreSQL, and `NotifyAfterCommit`, a writer for many concurrent transactions; with `client`: `PostgresStore`, whose instances share the partitions |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
