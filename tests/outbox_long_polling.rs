@@ -561,6 +561,37 @@ mod postgres {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_notifying_after_commit_sends_one_notify_per_millisecond_at_most() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+        listener.listen("events").await.unwrap();
+        let writer = outbox.notify_after_commit(pool);
+        let appended = append_quietly(&db.url, &writer, 1).await;
+
+        // Commits told every 0.2 ms, from a thread the writer's task does
+        // not run on.
+        let start = std::time::Instant::now();
+        for _ in 0..50 {
+            writer.notify(appended.clone());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let elapsed = start.elapsed();
+        let mut heard = 0u128;
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
+        {
+            heard += 1;
+        }
+        assert!(heard >= 1, "the commits were never announced");
+        let most = elapsed.as_millis() + 2;
+        assert!(
+            heard <= most,
+            "{heard} NOTIFY in {elapsed:?}: more than one a millisecond"
+        );
+    }
+
     #[tokio::test]
     async fn a_writer_notifying_after_commit_gives_up_on_a_server_that_does_not_answer() {
         let log = Log::default();
