@@ -15,7 +15,7 @@
 //! - Append: 4 writers, one event per transaction (`--appends` each), with
 //!   the outbox writer (notifying in the transaction, and
 //!   `NotifyAfterCommit`) and with a plain `INSERT` of the same row into a
-//!   table of the same schema and rows (on PostgreSQL), alternated over 5
+//!   table of the same schema and rows, alternated over 5
 //!   rounds (median).
 //! - Append to receipt: `--consumers` clients long polling a `PostgresFeed`
 //!   while one writer commits `--receipts` events, 50 ms apart; the time
@@ -250,6 +250,12 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     }
     let sqlite_plain = SqliteOutbox::new(TableName::new("plain_events")?, PARTITIONS);
     sqlite_plain.migrate(&sqlite).await?;
+    sqlx::query(
+        "INSERT INTO plain_events (partition, headers, data) \
+         SELECT partition, headers, data FROM events ORDER BY position",
+    )
+    .execute(&sqlite)
+    .await?;
     let sqlite_insert = "INSERT INTO plain_events (partition, headers, data) VALUES (?1, ?2, ?3)";
     let mut sqlite_outbox_rates = Vec::new();
     let mut sqlite_plain_rates = Vec::new();
