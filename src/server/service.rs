@@ -242,7 +242,7 @@ where
             Method::GET => self.admit_wait(&feed_request),
             _ => None,
         };
-        let mut waits_ended = wait.as_ref().map(|_| self.waits_ended.subscribe());
+        let waits_ended = wait.as_ref().map(|_| self.waits_ended.subscribe());
         let span = tracing::debug_span!(
             "feed_page",
             partitions = ?feed_request.cursors().iter().map(|(partition, _)| partition).collect::<Vec<_>>(),
@@ -259,31 +259,7 @@ where
             let context = ReadContext::new(&feed_request, page_size, &extensions)
                 .with_wait_deadline(wait_deadline);
             let encoder = LineEncoder::new(feed_request.headers().clone());
-            let read = match &mut waits_ended {
-                None => reader.read(context).await,
-                Some(waits_ended) => {
-                    let waited = {
-                        let mut read = pin!(reader.read(context));
-                        let mut ended = pin!(waits_ended.wait_for(|ended| *ended));
-                        poll_fn(|cx| {
-                            if let Poll::Ready(read) = read.as_mut().poll(cx) {
-                                return Poll::Ready(Some(read));
-                            }
-                            ended.as_mut().poll(cx).map(|_| None)
-                        })
-                        .await
-                    };
-                    match waited {
-                        Some(read) => read,
-                        // Read again, without the wait.
-                        None => {
-                            let context = ReadContext::new(&feed_request, page_size, &extensions);
-                            reader.read(context).await
-                        }
-                    }
-                }
-            };
-            let response = match read {
+            let response = match read_until_waits_end(&*reader, context, waits_ended).await {
                 Ok(stream) => {
                     let settings = PageSettings {
                         deadline: Instant::now().checked_add(max_page_duration),
@@ -319,6 +295,32 @@ impl<R> FeedService<R> {
             return None;
         };
         Some((arrival + wait, slot))
+    }
+}
+
+/// Reads the page of `context`. A read that waits is cut short when
+/// `waits_ended` turns true ([`FeedService::end_waits`]): it is dropped, and
+/// the page read again without the wait.
+async fn read_until_waits_end<R: FeedReader>(
+    reader: &R,
+    context: ReadContext<'_>,
+    waits_ended: Option<watch::Receiver<bool>>,
+) -> Result<R::Stream, ReadError> {
+    let Some(mut waits_ended) = waits_ended else {
+        return reader.read(context).await;
+    };
+    let waited = {
+        let mut read = pin!(reader.read(context));
+        let mut ended = pin!(waits_ended.wait_for(|ended| *ended));
+        poll_fn(|cx| match read.as_mut().poll(cx) {
+            Poll::Ready(read) => Poll::Ready(Some(read)),
+            Poll::Pending => ended.as_mut().poll(cx).map(|_| None),
+        })
+        .await
+    };
+    match waited {
+        Some(read) => read,
+        None => reader.read(context.with_wait_deadline(None)).await,
     }
 }
 

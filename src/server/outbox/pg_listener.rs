@@ -1,6 +1,6 @@
 //! The `LISTEN` connection of a PostgreSQL feed: one per feed, outside the
-//! feed's pool, started by the first waiting request, turning the writers' `NOTIFY` into wake-ups
-//! of the feed's [`AppendSignal`].
+//! feed's pool, started by the first waiting request, turning the writers'
+//! `NOTIFY` into wake-ups of the feed's [`AppendSignal`].
 
 use std::future::Future;
 use std::pin::pin;
@@ -30,7 +30,8 @@ pub(crate) struct AppendListenerTask {
 
 impl AppendListenerTask {
     /// Starts the task if it is not running: it listens on `table`'s
-    /// channel with a connection of `pool` and notifies `signal`; when the
+    /// channel with a connection opened with `pool`'s options (outside the
+    /// pool) and notifies `signal`; when the
     /// connection is lost, `pages` forgets the cursors it handed out.
     pub(crate) fn ensure_started(
         &self,

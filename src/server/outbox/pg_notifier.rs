@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -73,11 +74,12 @@ impl Appended {
 /// `INSERT`, and the wake-ups go out from a task of their own (started by
 /// the first append, ended with the last clone), several commits' worth in
 /// one `NOTIFY`, on a connection it opens with the pool's options (outside
-/// the pool, so it never takes a connection the writers need). The wake-up comes one round trip later than a notifying
-/// commit's. Nothing is ever lost by a wake-up that does not come (a
-/// crash between the commit and [`notify`](Self::notify), a database out
-/// of reach): waiting requests find the events when their wait ends, and
-/// requests that do not wait find them at once.
+/// the pool, so it never takes a connection the writers need). The wake-up
+/// comes one round trip later than a notifying commit's, and at most one
+/// goes out per millisecond. Nothing is ever lost by a wake-up that does
+/// not come (a crash between the commit and [`notify`](Self::notify), a
+/// database out of reach): waiting requests find the events when their
+/// wait ends, and requests that do not wait find them at once.
 ///
 /// Made by [`PostgresOutbox::notify_after_commit`]; cheap to clone.
 ///
@@ -108,7 +110,8 @@ pub struct NotifyAfterCommit {
 /// What the writer's clones share. Its task holds only a weak reference,
 /// to learn when the last clone is gone.
 struct Shared {
-    pool: PgPool,
+    /// How the task connects: the pool's options.
+    connect: Arc<PgConnectOptions>,
     pending: Arc<Pending>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -135,7 +138,7 @@ impl NotifyAfterCommit {
         NotifyAfterCommit {
             outbox,
             shared: Arc::new(Shared {
-                pool,
+                connect: pool.connect_options(),
                 pending: Arc::default(),
                 task: Mutex::default(),
             }),
@@ -209,7 +212,7 @@ impl NotifyAfterCommit {
             *task = Some(tokio::spawn(announce(
                 Arc::downgrade(&self.shared),
                 Arc::clone(&self.shared.pending),
-                self.shared.pool.clone(),
+                Arc::clone(&self.shared.connect),
                 self.outbox.notify_statement().to_owned(),
             )));
         }
@@ -237,7 +240,12 @@ impl fmt::Debug for NotifyAfterCommit {
 /// of its own, opened with the pool's options (taking none of the pool's,
 /// nor the pool's test of a connection at each use), and opens a new one
 /// after a failure.
-async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, statement: String) {
+async fn announce(
+    writer: Weak<Shared>,
+    pending: Arc<Pending>,
+    connect: Arc<PgConnectOptions>,
+    statement: String,
+) {
     let mut pause = FIRST_PAUSE;
     let mut unsent = BTreeSet::new();
     let mut connection = None;
@@ -267,7 +275,7 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
         next_due = tokio::time::Instant::now() + MIN_GAP;
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
-            send(&mut connection, &pool, &statement, &unsent),
+            send(&mut connection, &connect, &statement, &unsent),
         )
         .await
         .unwrap_or_else(|_| {
@@ -298,13 +306,13 @@ async fn announce(writer: Weak<Shared>, pending: Arc<Pending>, pool: PgPool, sta
 /// first if there is none.
 async fn send(
     connection: &mut Option<PgConnection>,
-    pool: &PgPool,
+    connect: &PgConnectOptions,
     statement: &str,
     partitions: &BTreeSet<u32>,
 ) -> Result<(), sqlx::Error> {
     let connection = match connection {
         Some(connection) => connection,
-        None => connection.insert(PgConnection::connect_with(&pool.connect_options()).await?),
+        None => connection.insert(PgConnection::connect_with(connect).await?),
     };
     let partitions: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
     sqlx::query(statement)
