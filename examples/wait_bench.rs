@@ -184,20 +184,20 @@ async fn run(idle_seconds: u64, max_consumers: usize) -> Result<(), BoxError> {
     let mut results = vec![(
         largest,
         Mode::Wait,
-        latencies(&feed, &service, &consumers, largest, Mode::Wait).await?,
+        feed_latencies(&feed, &service, &consumers, largest, Mode::Wait).await?,
     )];
     drop(consumers);
 
     for &count in counts.iter().rev().skip(1) {
         let consumers = Consumers::start(&url, count, Mode::Wait)?;
         consumers.ready().await?;
-        let measured = latencies(&feed, &service, &consumers, count, Mode::Wait).await?;
+        let measured = feed_latencies(&feed, &service, &consumers, count, Mode::Wait).await?;
         results.push((count, Mode::Wait, measured));
     }
     for &count in &counts {
         let consumers = Consumers::start(&url, count, Mode::Poll)?;
         consumers.ready().await?;
-        let measured = latencies(&feed, &service, &consumers, count, Mode::Poll).await?;
+        let measured = feed_latencies(&feed, &service, &consumers, count, Mode::Poll).await?;
         results.push((count, Mode::Poll, measured));
     }
     for &count in &counts {
@@ -259,30 +259,46 @@ struct Figures {
     samples: usize,
 }
 
-/// Appends one stamped event per round and collects what every consumer
-/// reports for it.
-async fn latencies(
+/// Appends one stamped event per round to the `MemoryFeed` and collects
+/// what every consumer reports for it.
+async fn feed_latencies(
     feed: &MemoryFeed,
     service: &FeedService<MemoryFeed>,
     consumers: &Consumers,
     count: usize,
     mode: Mode,
 ) -> Result<Figures, BoxError> {
+    let append = || {
+        let data = RawJson::from_serialize(&serde_json::json!({ "t": now_nanos() }))?;
+        feed.append(Event::new(0, data))?;
+        Ok(())
+    };
+    latencies(consumers, count, mode, || service.waiting(), append).await
+}
+
+/// Runs the rounds of a group: in each, once every consumer waits
+/// (`waiting`; or at a random moment of the polling cycle), `append` one
+/// event stamped with the time, and wait until every consumer has it.
+async fn latencies(
+    consumers: &Consumers,
+    count: usize,
+    mode: Mode,
+    waiting: impl Fn() -> usize,
+    append: impl Fn() -> Result<(), BoxError>,
+) -> Result<Figures, BoxError> {
     let rounds = rounds(mode, count);
     eprintln!("{} consumers, {}: {rounds} rounds", count, mode.name());
     let mut random = Jitter::new();
     for round in 0..rounds {
         match mode {
-            // (The floor has rounds of its own.)
             Mode::Wait | Mode::Raw => {
-                until(|| service.waiting() == count, "every consumer waits again").await?;
+                until(|| waiting() == count, "every consumer waits again").await?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             // Anywhere in the polling cycle.
             Mode::Poll => tokio::time::sleep(random.below(POLL_INTERVAL)).await,
         }
-        let data = RawJson::from_serialize(&serde_json::json!({ "t": now_nanos() }))?;
-        feed.append(Event::new(0, data))?;
+        append()?;
         let expected = count * (round + 1);
         until(
             || consumers.received() >= expected,
@@ -339,25 +355,15 @@ async fn floor_latencies(count: usize) -> Result<Figures, BoxError> {
         })
     };
     let consumers = Consumers::start(&addr, count, Mode::Raw)?;
+    let append = || {
+        stamp.store(now_nanos(), Ordering::SeqCst);
+        round.notify_waiters();
+        Ok(())
+    };
+    let waiting = || waiting.load(Ordering::SeqCst);
     let outcome = async {
         consumers.ready().await?;
-        for round_number in 0..rounds(Mode::Raw, count) {
-            until(
-                || waiting.load(Ordering::SeqCst) == count,
-                "every raw consumer waits",
-            )
-            .await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            stamp.store(now_nanos(), Ordering::SeqCst);
-            round.notify_waiters();
-            let expected = count * (round_number + 1);
-            until(
-                || consumers.received() >= expected,
-                "every raw consumer has the event",
-            )
-            .await?;
-        }
-        Ok::<_, BoxError>(figures(consumers.take_latencies()))
+        latencies(&consumers, count, Mode::Raw, waiting, append).await
     }
     .await;
     server.abort();
@@ -373,7 +379,10 @@ async fn raw_serve(
 ) {
     let mut buffer = vec![0u8; 1024];
     loop {
-        if !raw_read_until(&mut stream, &mut buffer, b"\r\n\r\n").await {
+        if raw_read_until(&mut stream, &mut buffer, b"\r\n\r\n")
+            .await
+            .is_none()
+        {
             return;
         }
         let next = round.notified();
@@ -395,20 +404,24 @@ async fn raw_serve(
     }
 }
 
-/// Reads into `buffer` until what came ends with `end`; false at the end
-/// of the stream.
-async fn raw_read_until(stream: &mut tokio::net::TcpStream, buffer: &mut [u8], end: &[u8]) -> bool {
+/// Reads into `buffer` until what came ends with `end`; gives its length,
+/// or `None` at the end of the stream (or of the buffer).
+async fn raw_read_until(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut [u8],
+    end: &[u8],
+) -> Option<usize> {
     let mut filled = 0;
     while !buffer[..filled].ends_with(end) {
         match stream.read(&mut buffer[filled..]).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(read) => filled += read,
         }
         if filled == buffer.len() {
-            return false;
+            return None;
         }
     }
-    true
+    Some(filled)
 }
 
 /// Polls `done` every millisecond until it holds.
@@ -585,13 +598,9 @@ async fn consume_raw(
             }
         }
         // The response ends with its checkpoint line.
-        let mut filled = 0;
-        while !buffer[..filled].ends_with(b"\"}\n") {
-            match stream.read(&mut buffer[filled..]).await? {
-                0 => return Ok(()),
-                read => filled += read,
-            }
-        }
+        let Some(filled) = raw_read_until(&mut stream, &mut buffer, b"\"}\n").await else {
+            return Ok(());
+        };
         let now = now_nanos();
         let text = std::str::from_utf8(&buffer[..filled])?;
         let stamp = text
