@@ -218,35 +218,22 @@ async fn run(options: &Options) -> Result<(), BoxError> {
             })
             .await?
         });
-        pg_outbox_rates.push({
-            let (pg, outbox) = (pg.clone(), outbox.clone());
-            append_rate(options.appends, move |event| {
-                let (pool, outbox) = (pg.clone(), outbox.clone());
-                async move {
-                    let mut tx = pool.begin().await?;
-                    let spent = timed(outbox.append(&mut tx, &event)).await?;
-                    tx.commit().await?;
-                    Ok(spent)
-                }
-            })
-            .await?
-        });
-        pg_after_commit_rates.push({
-            let (pg, writer) = (pg.clone(), after_commit.clone());
-            append_rate(options.appends, move |event| {
-                let (pool, writer) = (pg.clone(), writer.clone());
-                async move {
-                    let mut tx = pool.begin().await?;
-                    let start = Instant::now();
-                    let appended = writer.append(&mut tx, &event).await?;
-                    let spent = start.elapsed();
-                    tx.commit().await?;
-                    writer.notify(appended);
-                    Ok(spent)
-                }
-            })
-            .await?
-        });
+        for (writer, rates) in [
+            (Writer::Notifying(outbox.clone()), &mut pg_outbox_rates),
+            (
+                Writer::AfterCommit(after_commit.clone()),
+                &mut pg_after_commit_rates,
+            ),
+        ] {
+            let pg = pg.clone();
+            rates.push(
+                append_rate(options.appends, move |event| {
+                    let (pool, writer) = (pg.clone(), writer.clone());
+                    async move { writer.commit(&pool, &event, || {}).await }
+                })
+                .await?,
+            );
+        }
     }
     let sqlite_plain = SqliteOutbox::new(TableName::new("plain_events")?, PARTITIONS);
     sqlite_plain.migrate(&sqlite).await?;
@@ -568,20 +555,11 @@ async fn receipts(
         let value: serde_json::Value = data.deserialize()?;
         let id = value["id"].as_str().unwrap_or_default().to_owned();
         let event = OutboxEvent::in_partition(partition, data);
-        let mut tx = pool.begin().await?;
-        match &writer {
-            Writer::Notifying(outbox) => {
-                outbox.append(&mut tx, &event).await?;
+        writer
+            .commit(pool, &event, || {
                 committing.lock().unwrap().insert(id, Instant::now());
-                tx.commit().await?;
-            }
-            Writer::AfterCommit(writer) => {
-                let appended = writer.append(&mut tx, &event).await?;
-                committing.lock().unwrap().insert(id, Instant::now());
-                tx.commit().await?;
-                writer.notify(appended);
-            }
-        }
+            })
+            .await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let committing = committing.lock().unwrap().clone();
@@ -597,7 +575,8 @@ async fn receipts(
     Ok(latencies)
 }
 
-/// How the append-to-receipt writer wakes the feed.
+/// An outbox writer, by how it wakes the feed.
+#[derive(Clone)]
 enum Writer {
     /// `pg_notify` in its transaction.
     Notifying(PostgresOutbox),
@@ -618,6 +597,33 @@ impl Writer {
             Writer::Notifying(outbox) => outbox,
             Writer::AfterCommit(writer) => writer.outbox(),
         }
+    }
+
+    /// Appends `event` in a transaction of its own and commits it, calling
+    /// `committing` just before the commit; gives the time the appending
+    /// statement took.
+    async fn commit(
+        &self,
+        pool: &PgPool,
+        event: &OutboxEvent,
+        committing: impl FnOnce(),
+    ) -> Result<Duration, BoxError> {
+        let mut tx = pool.begin().await?;
+        let start = Instant::now();
+        let appended = match self {
+            Writer::Notifying(outbox) => {
+                outbox.append(&mut tx, event).await?;
+                None
+            }
+            Writer::AfterCommit(writer) => Some(writer.append(&mut tx, event).await?),
+        };
+        let spent = start.elapsed();
+        committing();
+        tx.commit().await?;
+        if let (Writer::AfterCommit(writer), Some(appended)) = (self, appended) {
+            writer.notify(appended);
+        }
+        Ok(spent)
     }
 }
 
