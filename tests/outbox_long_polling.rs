@@ -527,13 +527,8 @@ mod postgres {
     #[tokio::test]
     async fn a_writer_notifying_after_commit_backs_off_while_it_fails_and_stops_once_dropped() {
         const FAILED: &str = "cannot notify the feeds";
-        let log = Log::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(log.writer())
-            .with_ansi(false)
-            .finish();
         // The test's runtime runs the writer's task on this thread.
-        let _logging = tracing::subscriber::set_default(subscriber);
+        let (log, _logging) = Log::capture();
         let taken = Arc::new(AtomicUsize::new(0));
         let (db, _, outbox) = setup(&taken).await;
         // Nothing listens on port 1: every NOTIFY fails.
@@ -594,12 +589,7 @@ mod postgres {
 
     #[tokio::test]
     async fn a_writer_notifying_after_commit_gives_up_on_a_server_that_does_not_answer() {
-        let log = Log::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(log.writer())
-            .with_ansi(false)
-            .finish();
-        let _logging = tracing::subscriber::set_default(subscriber);
+        let (log, _logging) = Log::capture();
         let taken = Arc::new(AtomicUsize::new(0));
         let (db, _, outbox) = setup(&taken).await;
         // A server that takes connections and never says a word.

@@ -355,12 +355,7 @@ async fn reader_error_mid_page_fails_the_body_in_process() {
 
 #[tokio::test]
 async fn reader_error_before_the_first_line_is_logged_not_sent() {
-    let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.writer())
-        .with_ansi(false)
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let (log, _logging) = Log::capture();
 
     let reader = FnReader::new(|_: &ReadContext<'_>| Err(ReadError::internal(SECRET)));
     let response = FeedService::new(reader, 1)

@@ -8,6 +8,18 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Log(Arc<Mutex<Vec<u8>>>);
 
 impl Log {
+    /// A log that the default `fmt` subscriber (info level, no colours)
+    /// writes to on this thread until the guard is dropped.
+    pub(crate) fn capture() -> (Log, tracing::subscriber::DefaultGuard) {
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.writer())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (log, guard)
+    }
+
     /// The subscriber's writer: `fmt().with_writer(log.writer())`.
     pub(crate) fn writer(&self) -> impl Fn() -> Log + Send + Sync + 'static {
         let log = self.clone();
