@@ -160,7 +160,7 @@ async fn main() -> ExitCode {
         .init();
 
     let (stop, stopped) = watch::channel(false);
-    let pages = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let (app, appenders): (_, Vec<tokio::task::JoinHandle<u64>>) = match &options.database {
         None => {
             let feed = MemoryFeed::new(options.partitions);
@@ -175,10 +175,10 @@ async fn main() -> ExitCode {
                 })
                 .into_iter()
                 .collect();
-            (app(feed, &options, &pages, &stopped), appenders)
+            (app(feed, &options, &in_flight, &stopped), appenders)
         }
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
-        Some(url) => match database::open(url, &options, &pages, &stopped).await {
+        Some(url) => match database::open(url, &options, &in_flight, &stopped).await {
             Ok(served) => served,
             Err(message) => {
                 eprintln!("{message}");
@@ -210,14 +210,14 @@ async fn main() -> ExitCode {
     }
 
     // Stop appending (transactions under way commit) and waiting, stop
-    // accepting, and let the pages being sent finish.
+    // accepting, and let the requests under way finish.
     let _ = stop.send(true);
     let mut appended = 0u64;
     for appender in appenders {
         appended += appender.await.unwrap_or(0);
     }
     let grace = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pages.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < grace {
+    while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("appended {appended} events");
@@ -227,16 +227,16 @@ async fn main() -> ExitCode {
 
 /// The router serving `reader`'s feed at `/feed/v1`, with the options'
 /// page size, token and tracing, counting its requests in flight in
-/// `pages`; once `stopped`, no request waits.
+/// `in_flight`; once `stopped`, no request waits.
 fn app<R: FeedReader>(
     reader: R,
     options: &Options,
-    pages: &Arc<AtomicUsize>,
+    in_flight: &Arc<AtomicUsize>,
     stopped: &watch::Receiver<bool>,
 ) -> axum::Router {
     let reader = Counted {
         reader,
-        pages: Arc::clone(pages),
+        in_flight: Arc::clone(in_flight),
     };
     let service = FeedService::new(reader, options.partitions)
         .max_page_size(options.max_page_size)
@@ -281,14 +281,14 @@ async fn shutdown_signal() {
 /// once then.
 struct Counted<R> {
     reader: R,
-    pages: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl<R: FeedReader> FeedReader for Counted<R> {
     type Stream = CountedPage;
 
     async fn read(&self, context: ReadContext<'_>) -> Result<CountedPage, ReadError> {
-        let in_flight = InFlight::new(&self.pages);
+        let in_flight = InFlight::new(&self.in_flight);
         let stream = self.reader.read(context).await?;
         Ok(CountedPage {
             stream: Box::pin(stream),
@@ -436,7 +436,7 @@ mod database {
     pub(super) async fn open(
         url: &str,
         options: &Options,
-        pages: &Arc<AtomicUsize>,
+        in_flight: &Arc<AtomicUsize>,
         stopped: &watch::Receiver<bool>,
     ) -> Result<(axum::Router, Vec<JoinHandle<u64>>), String> {
         let table = TableName::new(&options.table).map_err(|error| error.to_string())?;
@@ -456,7 +456,7 @@ mod database {
                     .map_err(|error| error.to_string())?;
                 let feed = outbox.feed(pool.clone());
                 let writers = start(Postgres { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, pages, stopped), writers));
+                return Ok((super::app(feed, options, in_flight, stopped), writers));
             }
             #[cfg(not(feature = "postgres"))]
             return Err("this build lacks the `postgres` feature".to_owned());
@@ -485,7 +485,7 @@ mod database {
                     .map_err(|error| error.to_string())?;
                 let feed = outbox.feed(pool.clone());
                 let writers = start(Sqlite { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, pages, stopped), writers));
+                return Ok((super::app(feed, options, in_flight, stopped), writers));
             }
             #[cfg(not(feature = "sqlite"))]
             return Err(format!("this build lacks the `sqlite` feature for {path}"));

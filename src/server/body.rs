@@ -39,11 +39,12 @@ const FIRST_CAPACITY: usize = 1024;
 /// its own, so that the consumer's first byte does not wait for a full
 /// frame; but a page shorter than 8 KiB whose reader has ended by the
 /// time the response starts (a woken long-polling request's few events) is
-/// sent whole, with its length, in one write. A reader error after the first line ends the body with
-/// [`FeedBodyError`], so that the server aborts the response: the consumer
-/// sees a broken body, never a clean short page. Lines buffered before the
-/// error are handed on first, but the abort may still cut them short; that
-/// is safe, since a consumer commits only what a checkpoint covers.
+/// sent whole, with its length, in one write. A reader error after the
+/// first line ends the body with [`FeedBodyError`], so that the server
+/// aborts the response: the consumer sees a broken body, never a clean
+/// short page. Lines buffered before the error are handed on first, but the
+/// abort may still cut them short; that is safe, since a consumer commits
+/// only what a checkpoint covers.
 pub struct FeedBody<S> {
     kind: Kind<S>,
 }
@@ -132,8 +133,8 @@ where
     S: Stream<Item = Result<FeedItem, ReadError>>,
 {
     /// Takes in what the page's reader has ready before the response
-    /// goes out. A page shorter than 8 KiB that has ended becomes a body of known
-    /// length, sent with its head in one write (a woken long-polling
+    /// goes out. A page shorter than 8 KiB that has ended becomes a body of
+    /// known length, sent with its head in one write (a woken long-polling
     /// request's page, an in-memory feed's small page); a longer or slower
     /// one streams as it comes.
     pub(crate) fn settle(&mut self, cx: &mut Context<'_>) {
