@@ -371,6 +371,32 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn the_last_clone_of_a_feed_dropped_stops_its_listen_connection() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (db, pool, outbox) = setup(&taken).await;
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+        let fetch = spawn_fetch(
+            &service,
+            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
+        );
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(&db.url)).await;
+        append(&db.url, &outbox, 1, true).await;
+        assert_eq!(answer(fetch).await.0, ["e1"]);
+        assert!(
+            listening(&db.url).await,
+            "one listener serves every request"
+        );
+
+        drop((service, feed));
+        until("the LISTEN connection closes", || async {
+            !listening(&db.url).await
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_dropped_listen_connection_is_replaced() {
         let taken = Arc::new(AtomicUsize::new(0));
         let (db, pool, outbox) = setup(&taken).await;
