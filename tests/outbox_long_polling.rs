@@ -154,12 +154,7 @@ mod postgres {
         let feed = outbox.feed(pool);
         let service = feed.service().max_wait(LONG_WAIT);
 
-        let first = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
+        let first = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         append(&db.url, &outbox, 1, true).await;
         let (ids, cursors) = answer(first).await;
         assert_eq!(ids, ["e1"]);
@@ -305,12 +300,7 @@ mod postgres {
             .await
             .unwrap();
 
-        let fetch = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
+        let fetch = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         append(&db.url, &outbox, 1, true).await;
         let before = taken.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -360,9 +350,7 @@ mod postgres {
 
         let mut cursors = vec![(0, Cursor::last())];
         for id in 1..=2 {
-            let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-            waiting(feed.append_signal(), 1).await;
-            until("LISTEN", || listening(&db.url)).await;
+            let fetch = listening_request(&service, &feed, &db.url, cursors).await;
             append(&db.url, &outbox, id, true).await;
             let (ids, next) = answer(fetch).await;
             assert_eq!(ids, [format!("e{id}")]);
@@ -376,12 +364,7 @@ mod postgres {
         let (db, pool, outbox) = setup(&taken).await;
         let feed = outbox.feed(pool);
         let service = feed.service().max_wait(LONG_WAIT);
-        let fetch = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
+        let fetch = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         append(&db.url, &outbox, 1, true).await;
         assert_eq!(answer(fetch).await.0, ["e1"]);
         assert!(
@@ -403,12 +386,7 @@ mod postgres {
         let feed = outbox.feed(pool);
         let service = feed.service().max_wait(LONG_WAIT);
 
-        let first = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(&db.url)).await;
+        let first = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         assert_eq!(terminate(&db.url, "LISTEN").await, 1);
         append(&db.url, &outbox, 1, true).await;
         let (ids, cursors) = answer(first).await;
@@ -428,6 +406,20 @@ mod postgres {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    /// A request waiting from `cursors`, once it waits and the feed
+    /// listens.
+    async fn listening_request(
+        service: &FeedService<PostgresFeed>,
+        feed: &PostgresFeed,
+        url: &str,
+        cursors: Vec<(u32, Cursor)>,
+    ) -> JoinHandle<Fetched> {
+        let fetch = spawn_fetch(service, waiting_request(cursors, LONG_WAIT));
+        waiting(feed.append_signal(), 1).await;
+        until("LISTEN", || listening(url)).await;
+        fetch
+    }
+
     /// A request waiting at the end of partition 0, once the feed listens
     /// and the request's first looks are done.
     async fn waiting_at_the_end(
@@ -435,12 +427,7 @@ mod postgres {
         feed: &PostgresFeed,
         url: &str,
     ) -> JoinHandle<Fetched> {
-        let fetch = spawn_fetch(
-            service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
-        until("LISTEN", || listening(url)).await;
+        let fetch = listening_request(service, feed, url, vec![(0, Cursor::last())]).await;
         settled().await;
         fetch
     }
@@ -655,9 +642,7 @@ mod postgres {
 
         let mut cursors = vec![(0, Cursor::last())];
         for id in 1..=2 {
-            let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-            waiting(feed.append_signal(), 1).await;
-            until("LISTEN", || listening(&db.url)).await;
+            let fetch = listening_request(&service, &feed, &db.url, cursors).await;
             settled().await;
             let appended = append_quietly(&db.url, &writer, id).await;
             writer.notify(appended);
