@@ -272,6 +272,23 @@ async fn ending_waits_answers_the_waiting_requests_at_once_and_no_request_waits_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_wait_runs_its_course_when_the_service_that_took_it_is_gone() {
+    let feed = feed();
+    let start = Instant::now();
+    // `oneshot` consumes the only clone of the service.
+    let response = feed
+        .service()
+        .oneshot(request(
+            Method::GET,
+            &format!("{FEED_PATH}?n=2&cursor1=_first&wait=3"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cap_of_zero_turns_waiting_off() {
     let feed = feed();
     let service = feed.service().max_waiting(0);

@@ -311,10 +311,16 @@ async fn read_until_waits_end<R: FeedReader>(
     };
     let waited = {
         let mut read = pin!(reader.read(context));
-        let mut ended = pin!(waits_ended.wait_for(|ended| *ended));
+        let mut ended = pin!(async {
+            // Every clone of the service gone (a lone `oneshot`) ends
+            // nothing: the wait runs its course.
+            if waits_ended.wait_for(|ended| *ended).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
         poll_fn(|cx| match read.as_mut().poll(cx) {
             Poll::Ready(read) => Poll::Ready(Some(read)),
-            Poll::Pending => ended.as_mut().poll(cx).map(|_| None),
+            Poll::Pending => ended.as_mut().poll(cx).map(|()| None),
         })
         .await
     };
