@@ -163,6 +163,17 @@ pub mod client;
 #[cfg(feature = "client")]
 pub mod consumer;
 
+#[cfg(all(feature = "server", any(feature = "postgres", feature = "sqlite")))]
+pub mod outbox;
+
+#[cfg(all(feature = "postgres", any(feature = "server", feature = "client")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
+#[cfg(all(feature = "sqlite", any(feature = "server", feature = "client")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+
 pub mod workload;
 
 // The table-name rule the outbox feeds and the cursor stores share.

@@ -80,7 +80,7 @@
 mod error;
 mod handler;
 #[cfg(feature = "postgres")]
-mod ownership;
+pub(crate) mod ownership;
 mod poison;
 mod runtime;
 mod stats;

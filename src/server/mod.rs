@@ -20,8 +20,6 @@
 
 mod body;
 mod memory;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub mod outbox;
 mod reader;
 #[cfg(feature = "serve")]
 mod serve;
@@ -36,11 +34,12 @@ pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
 pub use wake::{AppendListener, AppendSignal, WaitEnd};
 
-#[cfg(feature = "postgres")]
-pub use outbox::{Appended, NotifyAfterCommit, PostgresFeed, PostgresOutbox};
+// The outbox feeds, where users look for them first.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use outbox::{
+pub use crate::outbox::{
     InvalidTableName, OutboxError, OutboxEvent, OutboxPage, TableName, partition_for_key,
 };
+#[cfg(feature = "postgres")]
+pub use crate::postgres::{Appended, NotifyAfterCommit, PostgresFeed, PostgresOutbox};
 #[cfg(feature = "sqlite")]
-pub use outbox::{SqliteFeed, SqliteOutbox};
+pub use crate::sqlite::{SqliteFeed, SqliteOutbox};

@@ -57,20 +57,26 @@
 //! ```
 
 mod memory;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "sqlite")]
-mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 
 pub use memory::{MemoryStore, MemoryTransaction};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use sql::sealed;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::{Dialect, SqlStore};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[doc(hidden)]
+pub use sql::{EveryPartition, Group};
+
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
+pub use crate::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use crate::sqlite::SqliteStore;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use crate::table::{InvalidTableName, TableName};
@@ -245,93 +251,4 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         StoreError::database(error)
     }
-}
-
-/// The names of a database store's tables.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Debug, Clone)]
-pub(crate) struct TableNames {
-    pub(crate) cursors: TableName,
-    pub(crate) dead_letters: TableName,
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl Default for TableNames {
-    fn default() -> Self {
-        TableNames {
-            cursors: TableName::new("zeh_consumer_cursors").expect("a plain identifier"),
-            dead_letters: TableName::new("zeh_dead_letters").expect("a plain identifier"),
-        }
-    }
-}
-
-/// The statements both database stores run, with their placeholders
-/// written by `placeholder(n)`: see the module documentation.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Debug, Clone)]
-pub(crate) struct Statements {
-    pub(crate) insert_first: String,
-    pub(crate) select_cursors: String,
-    pub(crate) compare_and_set: String,
-    pub(crate) insert_dead_letter: String,
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl Statements {
-    pub(crate) fn new(tables: &TableNames, placeholder: fn(usize) -> String) -> Self {
-        let p = placeholder;
-        let TableNames {
-            cursors,
-            dead_letters,
-        } = tables;
-        Statements {
-            insert_first: format!(
-                "INSERT INTO {cursors} (consumer, partition, cursor) VALUES ({}, {}, '_first') \
-                 ON CONFLICT (consumer, partition) DO NOTHING",
-                p(1),
-                p(2)
-            ),
-            select_cursors: format!(
-                "SELECT partition, cursor FROM {cursors} WHERE consumer = {}",
-                p(1)
-            ),
-            compare_and_set: format!(
-                "UPDATE {cursors} SET cursor = {} WHERE consumer = {} AND partition = {} \
-                 AND cursor = {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            ),
-            insert_dead_letter: format!(
-                "INSERT INTO {dead_letters} \
-                 (consumer, partition, after_cursor, headers, data, error) \
-                 VALUES ({}, {}, {}, {}, {}, {})",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6)
-            ),
-        }
-    }
-}
-
-/// The stored cursors of `partitions` among `rows` (partition, cursor),
-/// `_first` for a partition without a row or with a cursor that is not one.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn cursors_of(partitions: &[u32], rows: &[(i64, String)]) -> Vec<(u32, Cursor)> {
-    let mut cursors: Vec<(u32, Cursor)> = partitions
-        .iter()
-        .map(|&partition| {
-            let stored = rows
-                .iter()
-                .find(|(p, _)| *p == i64::from(partition))
-                .and_then(|(_, cursor)| Cursor::new(cursor).ok());
-            (partition, stored.unwrap_or_else(Cursor::first))
-        })
-        .collect();
-    cursors.sort_by_key(|(partition, _)| *partition);
-    cursors
 }

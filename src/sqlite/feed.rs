@@ -1,267 +1,19 @@
-//! The outbox over SQLite: one writer at a time, so row order is commit
-//! order.
+//! The feed of a SQLite outbox: pages read in chunks, in commit order.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
-
-use super::event::check_partition;
 use bytes::Bytes;
+use sqlx::{SqliteConnection, SqlitePool};
 
-use super::page::{Budget, OutboxPage, emit_event, row_event};
-use super::wait::{Look, wait_for_rows};
-use super::{OutboxError, OutboxEvent, TableName, cursor};
+use super::outbox::SqliteOutbox;
+use crate::outbox::cursor;
+use crate::outbox::event::check_partition;
+use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event};
+use crate::outbox::wait::{Look, wait_for_rows};
 use crate::protocol::{Checkpoint, Cursor, FeedItem};
 use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
-
-/// The statements, with `{table}` standing for the table name. The crate
-/// runs these and nothing else; `mod.rs` documents each of them.
-pub(crate) mod sql {
-    /// The table and its index, run by `migrate`.
-    pub(crate) const SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS {table} (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
-    partition INTEGER NOT NULL CHECK (partition >= 0),
-    headers TEXT CHECK (headers IS NULL OR json_valid(headers)),
-    data TEXT NOT NULL CHECK (json_valid(data))
-);
-CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position);";
-
-    /// One event.
-    pub(crate) const APPEND: &str =
-        "INSERT INTO {table} (partition, headers, data) VALUES (?1, ?2, ?3)";
-
-    /// A partition's events after a position, in order, as one text: for
-    /// each row, its position, the byte lengths of its data and headers
-    /// (`-1` for none), each followed by a space, then the data and the
-    /// headers. One row for many spares sqlx a hand-over per row.
-    pub(crate) const READ: &str = "\
-SELECT group_concat(
-    position || ' ' || octet_length(data) || ' ' || coalesce(octet_length(headers), -1) || ' '
-        || data || coalesce(headers, ''),
-    ''
-)
-FROM (
-    SELECT position, data, headers FROM {table}
-    WHERE partition = ?1 AND position > ?2
-    ORDER BY position
-    LIMIT ?3
-)";
-
-    /// A partition's last position (for `_last`).
-    pub(crate) const LAST: &str = "SELECT max(position) FROM {table} WHERE partition = ?1";
-
-    /// Whether a partition has a row after a position (the look of a
-    /// waiting request).
-    pub(crate) const NEWS: &str =
-        "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position > ?2)";
-
-    /// Whether a cursor names a row of the partition: only those were
-    /// handed out.
-    pub(crate) const HANDED_OUT: &str =
-        "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)";
-}
-
-struct Statements {
-    table: TableName,
-    partition_count: u32,
-    schema: String,
-    append: String,
-    read: String,
-    last: String,
-    handed_out: String,
-    news: String,
-}
-
-/// An outbox table in SQLite: its schema, and the writer that appends
-/// events inside the caller's transaction.
-///
-/// SQLite lets one transaction write at a time and holds its write lock
-/// from its first write to its commit, so positions (an `AUTOINCREMENT`
-/// key, never reused) are handed out in commit order: a reader that
-/// passed a position never sees a smaller one appear later. Use WAL
-/// journal mode, so that readers do not block the writer.
-///
-/// The feeds made by [`feed`](Self::feed) from this outbox or its clones
-/// hear of its commits at once (long polling): an append sets the
-/// connection's commit hook (replacing any other), which wakes the waiting
-/// requests of those feeds whenever that connection commits. Use one
-/// `SqliteOutbox` per table in a process, cloned. Writes from other
-/// processes are seen within the feed's poll interval.
-///
-/// Cheap to clone. See the [module docs](super#sqlite) for the table and
-/// every statement.
-///
-/// ```no_run
-/// use sqlx::SqlitePool;
-/// use zeroeventhub::protocol::RawJson;
-/// use zeroeventhub::server::{OutboxEvent, SqliteOutbox, TableName};
-///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = SqlitePool::connect("sqlite://events.db?mode=rwc").await?;
-/// let outbox = SqliteOutbox::new(TableName::new("order_events")?, 4);
-/// outbox.migrate(&pool).await?;
-///
-/// let mut tx = pool.begin().await?;
-/// // ... the business change, in `tx` ...
-/// let data = RawJson::from_bytes(r#"{"order":"A-17","status":"paid"}"#)?;
-/// outbox.append(&mut tx, &OutboxEvent::keyed("A-17", data)).await?;
-/// tx.commit().await?;
-///
-/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
-/// # let _ = app;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct SqliteOutbox {
-    statements: Arc<Statements>,
-    /// Notified by the commit hook of connections this writer appended on;
-    /// shared by the feeds made with [`feed`](Self::feed).
-    committed: AppendSignal,
-}
-
-impl SqliteOutbox {
-    /// The outbox in `table`, for a feed of `partition_count` partitions.
-    ///
-    /// # Panics
-    ///
-    /// If `partition_count` is 0: a feed has at least one partition.
-    pub fn new(table: TableName, partition_count: u32) -> Self {
-        assert!(partition_count > 0, "a feed has at least one partition");
-        let fill = |template: &str| template.replace("{table}", table.as_str());
-        SqliteOutbox {
-            statements: Arc::new(Statements {
-                schema: fill(sql::SCHEMA),
-                append: fill(sql::APPEND),
-                read: fill(sql::READ),
-                last: fill(sql::LAST),
-                handed_out: fill(sql::HANDED_OUT),
-                news: fill(sql::NEWS),
-                table,
-                partition_count,
-            }),
-            committed: AppendSignal::new(partition_count),
-        }
-    }
-
-    /// The table's name.
-    pub fn table(&self) -> &TableName {
-        &self.statements.table
-    }
-
-    /// The feed's partition count.
-    pub fn partition_count(&self) -> u32 {
-        self.statements.partition_count
-    }
-
-    /// The SQL that [`migrate`](Self::migrate) runs, for users of their own
-    /// migration tool.
-    pub fn schema(&self) -> &str {
-        &self.statements.schema
-    }
-
-    /// The query that reads one partition of a page (see the
-    /// [module docs](super)): for checking its plan with `EXPLAIN`.
-    pub fn read_statement(&self) -> &str {
-        &self.statements.read
-    }
-
-    /// Creates the table and its index if they do not exist, in one
-    /// transaction. Idempotent.
-    pub async fn migrate<'a, A>(&self, connection: A) -> Result<(), OutboxError>
-    where
-        A: Acquire<'a, Database = Sqlite>,
-    {
-        let mut tx = connection.begin().await?;
-        sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Appends `event` in the caller's transaction (or, on a connection
-    /// outside a transaction, on its own). Readers see it once that
-    /// transaction commits; a rollback leaves no trace.
-    pub async fn append(
-        &self,
-        connection: &mut SqliteConnection,
-        event: &OutboxEvent,
-    ) -> Result<(), OutboxError> {
-        let partition = event.checked_partition(self.partition_count())?;
-        self.wake_feeds_on_commit(connection).await?;
-        sqlx::query(&self.statements.append)
-            .bind(i64::from(partition))
-            .bind(event.headers_json())
-            .bind(event.data().as_str())
-            .execute(connection)
-            .await?;
-        Ok(())
-    }
-
-    /// Appends `events`, in this order, in the caller's transaction. Nothing
-    /// is written if one of them has a partition the feed lacks; run it in a
-    /// transaction so that a failure half-way leaves nothing either.
-    pub async fn append_batch(
-        &self,
-        connection: &mut SqliteConnection,
-        events: &[OutboxEvent],
-    ) -> Result<(), OutboxError> {
-        let partitions = events
-            .iter()
-            .map(|event| event.checked_partition(self.partition_count()))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !events.is_empty() {
-            self.wake_feeds_on_commit(connection).await?;
-        }
-        for (event, partition) in events.iter().zip(partitions) {
-            sqlx::query(&self.statements.append)
-                .bind(i64::from(partition))
-                .bind(event.headers_json())
-                .bind(event.data().as_str())
-                .execute(&mut *connection)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Sets the commit hook of `connection` to wake the feeds of this
-    /// outbox. Set before the first write, so that a write outside a
-    /// transaction (committed by its own statement) wakes them too.
-    async fn wake_feeds_on_commit(
-        &self,
-        connection: &mut SqliteConnection,
-    ) -> Result<(), OutboxError> {
-        let committed = self.committed.clone();
-        // The hook runs inside the commit: it must not touch the
-        // connection. Readers it wakes that find nothing yet look again
-        // shortly after.
-        connection.lock_handle().await?.set_commit_hook(move || {
-            committed.notify_all();
-            true
-        });
-        Ok(())
-    }
-
-    /// The feed of this table, reading with connections of `pool`.
-    pub fn feed(&self, pool: SqlitePool) -> SqliteFeed {
-        SqliteFeed {
-            signal: self.committed.clone().poll_every(SqliteFeed::DEFAULT_POLL),
-            outbox: self.clone(),
-            pool,
-        }
-    }
-}
-
-impl fmt::Debug for SqliteOutbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteOutbox")
-            .field("table", self.table())
-            .field("partition_count", &self.partition_count())
-            .finish()
-    }
-}
 
 /// A [`FeedReader`] over a [`SqliteOutbox`] table.
 ///
@@ -288,6 +40,18 @@ pub struct SqliteFeed {
 }
 
 impl SqliteFeed {
+    /// The feed of `outbox`, reading with connections of `pool`.
+    pub(super) fn new(outbox: SqliteOutbox, pool: SqlitePool) -> Self {
+        SqliteFeed {
+            signal: outbox
+                .committed
+                .clone()
+                .poll_every(SqliteFeed::DEFAULT_POLL),
+            outbox,
+            pool,
+        }
+    }
+
     /// A [`FeedService`] serving this feed with the default page sizes.
     pub fn service(&self) -> FeedService<SqliteFeed> {
         FeedService::new(self.clone(), self.outbox.partition_count())

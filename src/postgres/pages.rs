@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_core::Stream;
 use tokio::sync::OnceCell;
 
-use super::page::OutboxPage;
-use super::pg_heads::SharedFailure;
+use super::heads::SharedFailure;
+use crate::outbox::page::OutboxPage;
 use crate::protocol::{Cursor, FeedItem, HeaderSelection};
 use crate::server::ReadError;
 

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;
 
-use super::TableName;
-use super::pg_pages::SharedPages;
+use super::pages::SharedPages;
+use crate::outbox::TableName;
 use crate::server::AppendSignal;
 
 /// How often waiting requests look at the table while the `LISTEN`

@@ -19,7 +19,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{OutboxError, OutboxEvent, PostgresOutbox};
+use super::outbox::PostgresOutbox;
+use crate::outbox::{OutboxError, OutboxEvent};
 
 /// The least time between two wake-ups: under a stream of commits, those of
 /// each millisecond share one `NOTIFY` (the feeds hear of a commit at most

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use super::wait::Look;
+use crate::outbox::wait::Look;
 use crate::server::ReadError;
 
 /// The length past which the wish list is rid of repeated partitions.

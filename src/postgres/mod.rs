@@ -1,0 +1,83 @@
+//! PostgreSQL: the outbox writer and its feed (with `server`), and the
+//! consumer's cursor store whose instances share the partitions (with
+//! `client`). Every PostgreSQL-specific decision of the crate is here.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `outbox.rs` | [`PostgresOutbox`]: the table, the writer, and every statement |
+//! | `notifier.rs` | [`NotifyAfterCommit`]: a writer that wakes the feeds after the caller's commit |
+//! | `feed.rs` | [`PostgresFeed`]: pages read below the transaction horizon |
+//! | `heads.rs` | the look at the partitions' heads that waiting requests share |
+//! | `pages.rs` | the page read that woken requests for the same page share |
+//! | `listener.rs` | the `LISTEN` connection that wakes waiting requests |
+//! | `store.rs` | [`PostgresStore`]: the consumer's cursors |
+//! | `group.rs` | the advisory locks that share the partitions between instances |
+//!
+//! The traps a maintainer must hold in mind:
+//!
+//! - **The horizon.** `position` is taken at insert, not at commit, so the
+//!   feed orders rows by the writing transaction's id and serves only those
+//!   below the oldest transaction still running. A long transaction holds
+//!   delivery back; it never loses an event.
+//! - **`NOTIFY` serializes commits.** A `pg_notify` in the writer's
+//!   transaction takes a database-wide lock at commit, held through the WAL
+//!   flush: [`NotifyAfterCommit`] moves it out of the writers' commits.
+//! - **Session state.** `LISTEN` and the group's advisory locks live on a
+//!   server session: each runs on a connection of its own, outside the
+//!   pool.
+//! - **Failover.** A new `LISTEN` connection may find a new server: what
+//!   the feed remembers of earlier pages is forgotten whenever it is lost.
+//!
+//! # The outbox table and its statements
+#![doc = include_str!("outbox.md")]
+
+#[cfg(feature = "server")]
+mod feed;
+#[cfg(feature = "client")]
+mod group;
+#[cfg(feature = "server")]
+mod heads;
+#[cfg(feature = "server")]
+mod listener;
+#[cfg(feature = "server")]
+mod notifier;
+#[cfg(feature = "server")]
+mod outbox;
+#[cfg(feature = "server")]
+mod pages;
+#[cfg(feature = "client")]
+mod store;
+
+#[cfg(feature = "server")]
+pub use feed::PostgresFeed;
+#[cfg(feature = "server")]
+pub use notifier::{Appended, NotifyAfterCommit};
+#[cfg(feature = "server")]
+pub use outbox::PostgresOutbox;
+#[cfg(feature = "client")]
+pub use store::PostgresStore;
+
+#[cfg(all(test, feature = "server"))]
+mod tests {
+    /// Every statement the crate runs is written out in the docs.
+    #[test]
+    fn the_docs_show_every_statement() {
+        use super::outbox::sql;
+        let docs = include_str!("outbox.md");
+        for statement in [
+            sql::SCHEMA,
+            sql::MIGRATE_LOCK,
+            sql::PAGE_BEGIN,
+            sql::APPEND,
+            sql::APPEND_BATCH,
+            sql::INSERT,
+            sql::INSERT_BATCH,
+            sql::NOTIFY,
+            sql::READ,
+            sql::HEADS,
+            sql::HANDED_OUT,
+        ] {
+            assert!(docs.contains(statement), "undocumented: {statement}");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The outbox over PostgreSQL: rows ordered by the writing transaction's id,
+//! served only below the oldest transaction still running.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sqlx::{Acquire, PgConnection, PgPool, Postgres};
+
+use super::feed::PostgresFeed;
+use super::notifier::NotifyAfterCommit;
+use crate::outbox::{OutboxError, OutboxEvent, TableName};
+
+/// The statements, with `{table}` standing for the table name. The crate
+/// runs these and nothing else; the module docs show each of them.
+pub(crate) mod sql {
+    /// The table and its index, run by `migrate`.
+    pub(crate) const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS {table} (
+    partition integer NOT NULL CHECK (partition >= 0),
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    position bigint GENERATED ALWAYS AS IDENTITY,
+    headers json,
+    data json NOT NULL,
+    PRIMARY KEY (partition, txid, position)
+);";
+
+    /// Serializes concurrent `migrate` calls.
+    pub(crate) const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
+    /// One event, and the wake-up of the feed's listeners at commit.
+    pub(crate) const APPEND: &str = "\
+WITH appended AS (
+    INSERT INTO {table} (partition, headers, data) VALUES ($1, $2::json, $3::json)
+    RETURNING partition
+)
+SELECT pg_notify('{table}', partition::text) FROM appended";
+
+    /// A batch of events in one statement, in order, and one wake-up per
+    /// partition.
+    pub(crate) const APPEND_BATCH: &str = "\
+WITH appended AS (
+    INSERT INTO {table} (partition, headers, data)
+    SELECT p, h::json, d::json
+    FROM unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
+    ORDER BY n
+    RETURNING partition
+)
+SELECT pg_notify('{table}', p::text) FROM (SELECT DISTINCT partition AS p FROM appended) AS touched";
+
+    /// One event, without a wake-up (for `NotifyAfterCommit`).
+    pub(crate) const INSERT: &str =
+        "INSERT INTO {table} (partition, headers, data) VALUES ($1, $2::json, $3::json)";
+
+    /// A batch of events in one statement, in order, without a wake-up.
+    pub(crate) const INSERT_BATCH: &str = "\
+INSERT INTO {table} (partition, headers, data)
+SELECT p, h::json, d::json
+FROM unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
+ORDER BY n";
+
+    /// The wake-up of the partitions `$1`, sent after their commits.
+    pub(crate) const NOTIFY: &str =
+        "SELECT pg_notify('{table}', p::text) FROM unnest($1::integer[]) AS p";
+
+    /// Opens a page's read-only transaction: with sorts priced out of
+    /// reach, the planner reads through the primary key whatever its
+    /// statistics say, so that no page sorts the rows after its cursor.
+    pub(crate) const PAGE_BEGIN: &str = "BEGIN READ ONLY; SET LOCAL enable_sort = off";
+
+    /// A partition's servable events after a position, in order.
+    pub(crate) const READ: &str = "\
+SELECT txid::text::bigint AS tx, position AS pos, data::text AS data, headers::text AS headers
+FROM {table}
+WHERE partition = $1 AND (txid, position) > ($2::text::xid8, $3)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, position
+LIMIT $4";
+
+    /// For each partition of `$1`, its last servable row (the start of
+    /// `_last`) and its last committed row, servable or not: `NULL`s where
+    /// there is none. A waiting request has news when the first is past
+    /// its start, and rows to wait for when only the second is.
+    pub(crate) const HEADS: &str = "\
+SELECT asked.partition, servable.tx, servable.pos, newest.tx, newest.pos
+FROM unnest($1::integer[]) AS asked (partition)
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}
+    WHERE partition = asked.partition AND txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY txid DESC, position DESC
+    LIMIT 1
+) AS servable ON true
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}
+    WHERE partition = asked.partition
+    ORDER BY txid DESC, position DESC
+    LIMIT 1
+) AS newest ON true";
+
+    /// For each cursor (`$1` the partitions, `$2` and `$3` the txids and
+    /// positions), whether it names a servable row of its partition: only
+    /// those were handed out.
+    pub(crate) const HANDED_OUT: &str = "\
+SELECT asked.partition, EXISTS (
+    SELECT 1 FROM {table}
+    WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())
+) AS handed_out
+FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, pos)";
+}
+
+/// The statements for one table.
+pub(super) struct Statements {
+    pub(super) table: TableName,
+    pub(super) partition_count: u32,
+    schema: String,
+    append: String,
+    append_batch: String,
+    insert: String,
+    insert_batch: String,
+    notify: String,
+    pub(super) read: String,
+    pub(super) heads: String,
+    pub(super) handed_out: String,
+}
+
+/// An outbox table in PostgreSQL: its schema, and the writer that appends
+/// events inside the caller's transaction.
+///
+/// Each row records the id of the transaction that wrote it (`txid`, an
+/// `xid8`). The feed orders rows by `(txid, position)` and serves only those
+/// whose transaction is older than every transaction still running
+/// (`pg_snapshot_xmin(pg_current_snapshot())`): a transaction that could
+/// still commit has an id at or above that horizon, so a cursor never
+/// passes an event that becomes visible later. A long transaction holds back
+/// delivery (of every feed of the cluster) until it ends; it never loses an
+/// event.
+///
+/// Cheap to clone. See the [module docs](super) for the table
+/// and every statement.
+///
+/// ```no_run
+/// use sqlx::PgPool;
+/// use zeroeventhub::protocol::RawJson;
+/// use zeroeventhub::server::{OutboxEvent, PostgresOutbox, TableName};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
+/// let outbox = PostgresOutbox::new(TableName::new("order_events")?, 4);
+/// outbox.migrate(&pool).await?;
+///
+/// let mut tx = pool.begin().await?;
+/// // ... the business change, in `tx` ...
+/// let data = RawJson::from_bytes(r#"{"order":"A-17","status":"paid"}"#)?;
+/// outbox.append(&mut tx, &OutboxEvent::keyed("A-17", data)).await?;
+/// tx.commit().await?; // readers see the event from now on, never before
+///
+/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresOutbox {
+    pub(super) statements: Arc<Statements>,
+}
+
+impl PostgresOutbox {
+    /// The outbox in `table`, for a feed of `partition_count` partitions.
+    ///
+    /// # Panics
+    ///
+    /// If `partition_count` is 0: a feed has at least one partition.
+    pub fn new(table: TableName, partition_count: u32) -> Self {
+        assert!(partition_count > 0, "a feed has at least one partition");
+        let fill = |template: &str| template.replace("{table}", table.as_str());
+        PostgresOutbox {
+            statements: Arc::new(Statements {
+                schema: fill(sql::SCHEMA),
+                append: fill(sql::APPEND),
+                append_batch: fill(sql::APPEND_BATCH),
+                insert: fill(sql::INSERT),
+                insert_batch: fill(sql::INSERT_BATCH),
+                notify: fill(sql::NOTIFY),
+                read: fill(sql::READ),
+                heads: fill(sql::HEADS),
+                handed_out: fill(sql::HANDED_OUT),
+                table,
+                partition_count,
+            }),
+        }
+    }
+
+    /// The table's name; also the `NOTIFY` channel of its appends.
+    pub fn table(&self) -> &TableName {
+        &self.statements.table
+    }
+
+    /// The feed's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.statements.partition_count
+    }
+
+    /// The SQL that [`migrate`](Self::migrate) runs, for users of their own
+    /// migration tool.
+    pub fn schema(&self) -> &str {
+        &self.statements.schema
+    }
+
+    /// The statement that opens a page's transaction, and the query that
+    /// reads one partition in it (see the [module docs](super)): for
+    /// checking the page's plan with `EXPLAIN`.
+    pub fn page_statements(&self) -> [&str; 2] {
+        [sql::PAGE_BEGIN, &self.statements.read]
+    }
+
+    /// Creates the table if it does not exist. Idempotent, and safe to run
+    /// from several processes at once (they take turns on an advisory lock).
+    pub async fn migrate<'a, A>(&self, connection: A) -> Result<(), OutboxError>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let mut tx = connection.begin().await?;
+        sqlx::query(sql::MIGRATE_LOCK)
+            .bind(self.table().as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends `event` in the caller's transaction (or, on a connection
+    /// outside a transaction, on its own). Readers see it once that
+    /// transaction commits; a rollback leaves no trace. One statement,
+    /// whose `pg_notify` wakes the feeds at the commit (see
+    /// [`notify_after_commit`](Self::notify_after_commit) for its cost).
+    pub async fn append(
+        &self,
+        connection: &mut PgConnection,
+        event: &OutboxEvent,
+    ) -> Result<(), OutboxError> {
+        self.append_with(&self.statements.append, connection, event)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends `events`, in this order, in the caller's transaction, with
+    /// one statement. Nothing is written if one of them has a partition the
+    /// feed lacks.
+    pub async fn append_batch(
+        &self,
+        connection: &mut PgConnection,
+        events: &[OutboxEvent],
+    ) -> Result<(), OutboxError> {
+        self.append_batch_with(&self.statements.append_batch, connection, events)
+            .await?;
+        Ok(())
+    }
+
+    /// A writer over this outbox that appends without notifying and wakes
+    /// the feeds after the caller's commit, on a connection opened with
+    /// `pool`'s options: for many concurrent writers, whose notifying
+    /// commits would take turns.
+    pub fn notify_after_commit(&self, pool: PgPool) -> NotifyAfterCommit {
+        NotifyAfterCommit::new(self.clone(), pool)
+    }
+
+    /// Appends `event` without a wake-up; returns its partition.
+    pub(crate) async fn insert(
+        &self,
+        connection: &mut PgConnection,
+        event: &OutboxEvent,
+    ) -> Result<u32, OutboxError> {
+        self.append_with(&self.statements.insert, connection, event)
+            .await
+    }
+
+    /// Appends `events` without a wake-up; returns their partitions.
+    pub(crate) async fn insert_batch(
+        &self,
+        connection: &mut PgConnection,
+        events: &[OutboxEvent],
+    ) -> Result<Vec<u32>, OutboxError> {
+        self.append_batch_with(&self.statements.insert_batch, connection, events)
+            .await
+    }
+
+    /// The statement that wakes the feeds of the partitions it is given.
+    pub(crate) fn notify_statement(&self) -> &str {
+        &self.statements.notify
+    }
+
+    /// Runs an append statement for one event; returns its partition.
+    async fn append_with(
+        &self,
+        statement: &str,
+        connection: &mut PgConnection,
+        event: &OutboxEvent,
+    ) -> Result<u32, OutboxError> {
+        let partition = event.checked_partition(self.partition_count())?;
+        sqlx::query(statement)
+            .bind(partition as i32)
+            .bind(event.headers_json())
+            .bind(event.data().as_str())
+            .execute(connection)
+            .await?;
+        Ok(partition)
+    }
+
+    /// Runs a batch append statement; returns the events' partitions.
+    async fn append_batch_with(
+        &self,
+        statement: &str,
+        connection: &mut PgConnection,
+        events: &[OutboxEvent],
+    ) -> Result<Vec<u32>, OutboxError> {
+        let mut partitions = Vec::with_capacity(events.len());
+        let mut headers = Vec::with_capacity(events.len());
+        let mut data = Vec::with_capacity(events.len());
+        for event in events {
+            partitions.push(event.checked_partition(self.partition_count())?);
+            headers.push(event.headers_json());
+            data.push(event.data().as_str());
+        }
+        if events.is_empty() {
+            return Ok(partitions);
+        }
+        sqlx::query(statement)
+            .bind(partitions.iter().map(|&p| p as i32).collect::<Vec<_>>())
+            .bind(headers)
+            .bind(data)
+            .execute(connection)
+            .await?;
+        Ok(partitions)
+    }
+
+    /// The feed of this table, reading with connections of `pool`.
+    pub fn feed(&self, pool: PgPool) -> PostgresFeed {
+        PostgresFeed::new(self.clone(), pool)
+    }
+}
+
+impl fmt::Debug for PostgresOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOutbox")
+            .field("table", self.table())
+            .field("partition_count", &self.partition_count())
+            .finish()
+    }
+}
