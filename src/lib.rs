@@ -21,6 +21,9 @@
 //! - `consumer`: the consumer runtime over the client: your handler gets
 //!   each page's events in a transaction of your database that also stores
 //!   the cursors, with cursor stores in memory, SQLite and PostgreSQL.
+//! - [`guide`]: the guides, one page a topic: serving, connections, tonic,
+//!   databases, the runtime, consuming by hand, long polling, `tail`,
+//!   performance and the layout.
 //!
 //! # A feed and a consumer in a few lines
 //!
@@ -175,6 +178,8 @@ pub mod postgres;
 pub mod sqlite;
 
 pub mod workload;
+
+pub mod guide;
 
 // The table-name rule the outbox feeds and the cursor stores share.
 #[cfg(all(
