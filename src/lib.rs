@@ -14,8 +14,10 @@
 //!   NDJSON line codec.
 //! - `server`: the feed as a `tower::Service` (`server::FeedService`) over
 //!   a `server::FeedReader` you implement, and `server::MemoryFeed`, an
-//!   in-memory feed, and `server::outbox`, feeds over a database table that
-//!   the publisher writes in its own transactions.
+//!   in-memory feed.
+//! - `outbox`: feeds over a database table that the publisher writes in its
+//!   own transactions, and what they share; `postgres` and `sqlite`, one
+//!   room per database: its outbox writer, its feed and its cursor store.
 //! - `client`: a consumer over any HTTP `tower::Service`, with retry and
 //!   timeouts, pages that tell apart what is safe to commit, and typed errors.
 //! - `consumer`: the consumer runtime over the client: your handler gets
