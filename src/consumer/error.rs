@@ -18,6 +18,7 @@ pub struct Error {
     kind: Kind,
 }
 
+#[derive(Debug)]
 enum Kind {
     Poison {
         partition: u32,
@@ -93,19 +94,7 @@ impl fmt::Display for Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Poison {
-                partition,
-                after,
-                error,
-            } => f
-                .debug_struct("Poison")
-                .field("partition", partition)
-                .field("after", after)
-                .field("error", error)
-                .finish(),
-            Kind::Feed(error) => f.debug_tuple("Feed").field(error).finish(),
-        }
+        fmt::Debug::fmt(&self.kind, f)
     }
 }
 

@@ -103,7 +103,7 @@ impl PostgresFeed {
         connection: Option<&mut PgConnection>,
         cursors: &[(u32, Cursor)],
     ) -> Result<(Starts, Vec<Checkpoint>), ReadError> {
-        let statements = &self.outbox.statements;
+        let table = &self.outbox.table;
         let mut starts = Vec::with_capacity(cursors.len());
         // The `_last` partitions, and the cursors to prove handed out.
         let mut lasts = Vec::new();
@@ -111,7 +111,7 @@ impl PostgresFeed {
         let mut malformed = None;
         for (partition, cursor) in cursors {
             let partition = *partition;
-            check_partition(partition, statements.partition_count)?;
+            check_partition(partition, table.partition_count())?;
             let start = if cursor.is_first() {
                 [0, 0]
             } else if cursor.is_last() {
@@ -161,10 +161,10 @@ impl PostgresFeed {
         lasts: &[u32],
         unproven: &[(u32, [u64; 2])],
     ) -> Result<Vec<Heads>, ReadError> {
-        let statements = &self.outbox.statements;
+        let table = &self.outbox.table;
         let (heads, handed_out) = match connection {
             Some(connection) => {
-                let heads = ordered_heads(&mut *connection, &statements.heads, lasts).await?;
+                let heads = ordered_heads(&mut *connection, &table.sql.heads, lasts).await?;
                 (heads, self.handed_out(connection, unproven).await?)
             }
             None => {
@@ -173,7 +173,7 @@ impl PostgresFeed {
                 } else {
                     let (_, heads) = self
                         .looks
-                        .heads(&self.pool, &statements.heads, lasts)
+                        .heads(&self.pool, &table.sql.heads, lasts)
                         .await?;
                     heads
                 };
@@ -209,7 +209,7 @@ impl PostgresFeed {
         let partitions: Vec<i32> = named.iter().map(|(p, _)| *p as i32).collect();
         let txids: Vec<i64> = named.iter().map(|(_, key)| key[0] as i64).collect();
         let positions: Vec<i64> = named.iter().map(|(_, key)| key[1] as i64).collect();
-        let rows: Vec<(i32, bool)> = sqlx::query_as(&self.outbox.statements.handed_out)
+        let rows: Vec<(i32, bool)> = sqlx::query_as(&self.outbox.table.sql.handed_out)
             .bind(partitions)
             .bind(txids)
             .bind(positions)
@@ -238,7 +238,7 @@ impl PostgresFeed {
         wait_for_rows(&self.signal, context, || async {
             let look = self
                 .looks
-                .heads(&self.pool, &self.outbox.statements.heads, &partitions);
+                .heads(&self.pool, &self.outbox.table.sql.heads, &partitions);
             // A look held up (a pool with no connection to spare, a lock on
             // the table) ends with the wait: the page is read at once.
             let looked = match deadline {
@@ -289,7 +289,7 @@ impl PostgresFeed {
         selection: HeaderSelection,
         page_size: usize,
     ) -> OutboxPage {
-        let statements = Arc::clone(&self.outbox.statements);
+        let table = Arc::clone(&self.outbox.table);
         let mut budget = Budget::new(page_size, starts.len());
         OutboxPage::new(move |emitter| async move {
             for checkpoint in opening {
@@ -299,7 +299,7 @@ impl PostgresFeed {
                 let share = budget.next_share();
                 let mut taken = 0;
                 if share > 0 {
-                    let mut rows = sqlx::query(&statements.read)
+                    let mut rows = sqlx::query(&table.sql.read)
                         .bind(partition as i32)
                         .bind(txid as i64)
                         .bind(position as i64)

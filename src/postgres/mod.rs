@@ -56,28 +56,3 @@ pub use notifier::{Appended, NotifyAfterCommit};
 pub use outbox::PostgresOutbox;
 #[cfg(feature = "client")]
 pub use store::PostgresStore;
-
-#[cfg(all(test, feature = "server"))]
-mod tests {
-    /// Every statement the crate runs is written out in the docs.
-    #[test]
-    fn the_docs_show_every_statement() {
-        use super::outbox::sql;
-        let docs = include_str!("outbox.md");
-        for statement in [
-            sql::SCHEMA,
-            sql::MIGRATE_LOCK,
-            sql::PAGE_BEGIN,
-            sql::APPEND,
-            sql::APPEND_BATCH,
-            sql::INSERT,
-            sql::INSERT_BATCH,
-            sql::NOTIFY,
-            sql::READ,
-            sql::HEADS,
-            sql::HANDED_OUT,
-        ] {
-            assert!(docs.contains(statement), "undocumented: {statement}");
-        }
-    }
-}

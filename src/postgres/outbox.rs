@@ -8,6 +8,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 
 use super::feed::PostgresFeed;
 use super::notifier::NotifyAfterCommit;
+use crate::outbox::table::OutboxTable;
 use crate::outbox::{OutboxError, OutboxEvent, TableName};
 
 /// The statements, with `{table}` standing for the table name. The crate
@@ -108,21 +109,38 @@ SELECT asked.partition, EXISTS (
       AND txid < pg_snapshot_xmin(pg_current_snapshot())
 ) AS handed_out
 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, pos)";
-}
 
-/// The statements for one table.
-pub(super) struct Statements {
-    pub(super) table: TableName,
-    pub(super) partition_count: u32,
-    schema: String,
-    append: String,
-    append_batch: String,
-    insert: String,
-    insert_batch: String,
-    notify: String,
-    pub(super) read: String,
-    pub(super) heads: String,
-    pub(super) handed_out: String,
+    #[cfg(test)]
+    #[test]
+    fn the_module_docs_show_every_statement() {
+        let statements = [
+            SCHEMA,
+            MIGRATE_LOCK,
+            PAGE_BEGIN,
+            APPEND,
+            APPEND_BATCH,
+            INSERT,
+            INSERT_BATCH,
+            NOTIFY,
+            READ,
+            HEADS,
+            HANDED_OUT,
+        ];
+        crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
+    }
+
+    /// The statements for one table.
+    pub(crate) struct Statements {
+        pub(crate) schema: String,
+        pub(crate) append: String,
+        pub(crate) append_batch: String,
+        pub(crate) insert: String,
+        pub(crate) insert_batch: String,
+        pub(crate) notify: String,
+        pub(crate) read: String,
+        pub(crate) heads: String,
+        pub(crate) handed_out: String,
+    }
 }
 
 /// An outbox table in PostgreSQL: its schema, and the writer that appends
@@ -163,7 +181,7 @@ pub(super) struct Statements {
 /// ```
 #[derive(Clone)]
 pub struct PostgresOutbox {
-    pub(super) statements: Arc<Statements>,
+    pub(super) table: Arc<OutboxTable<sql::Statements>>,
 }
 
 impl PostgresOutbox {
@@ -173,46 +191,43 @@ impl PostgresOutbox {
     ///
     /// If `partition_count` is 0: a feed has at least one partition.
     pub fn new(table: TableName, partition_count: u32) -> Self {
-        assert!(partition_count > 0, "a feed has at least one partition");
-        let fill = |template: &str| template.replace("{table}", table.as_str());
+        let table = OutboxTable::new(table, partition_count, |fill| sql::Statements {
+            schema: fill(sql::SCHEMA),
+            append: fill(sql::APPEND),
+            append_batch: fill(sql::APPEND_BATCH),
+            insert: fill(sql::INSERT),
+            insert_batch: fill(sql::INSERT_BATCH),
+            notify: fill(sql::NOTIFY),
+            read: fill(sql::READ),
+            heads: fill(sql::HEADS),
+            handed_out: fill(sql::HANDED_OUT),
+        });
         PostgresOutbox {
-            statements: Arc::new(Statements {
-                schema: fill(sql::SCHEMA),
-                append: fill(sql::APPEND),
-                append_batch: fill(sql::APPEND_BATCH),
-                insert: fill(sql::INSERT),
-                insert_batch: fill(sql::INSERT_BATCH),
-                notify: fill(sql::NOTIFY),
-                read: fill(sql::READ),
-                heads: fill(sql::HEADS),
-                handed_out: fill(sql::HANDED_OUT),
-                table,
-                partition_count,
-            }),
+            table: Arc::new(table),
         }
     }
 
     /// The table's name; also the `NOTIFY` channel of its appends.
     pub fn table(&self) -> &TableName {
-        &self.statements.table
+        self.table.name()
     }
 
     /// The feed's partition count.
     pub fn partition_count(&self) -> u32 {
-        self.statements.partition_count
+        self.table.partition_count()
     }
 
     /// The SQL that [`migrate`](Self::migrate) runs, for users of their own
     /// migration tool.
     pub fn schema(&self) -> &str {
-        &self.statements.schema
+        &self.table.sql.schema
     }
 
     /// The statement that opens a page's transaction, and the query that
     /// reads one partition in it (see the [module docs](super)): for
     /// checking the page's plan with `EXPLAIN`.
     pub fn page_statements(&self) -> [&str; 2] {
-        [sql::PAGE_BEGIN, &self.statements.read]
+        [sql::PAGE_BEGIN, &self.table.sql.read]
     }
 
     /// Creates the table if it does not exist. Idempotent, and safe to run
@@ -241,7 +256,7 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         event: &OutboxEvent,
     ) -> Result<(), OutboxError> {
-        self.append_with(&self.statements.append, connection, event)
+        self.append_with(&self.table.sql.append, connection, event)
             .await?;
         Ok(())
     }
@@ -254,7 +269,7 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         events: &[OutboxEvent],
     ) -> Result<(), OutboxError> {
-        self.append_batch_with(&self.statements.append_batch, connection, events)
+        self.append_batch_with(&self.table.sql.append_batch, connection, events)
             .await?;
         Ok(())
     }
@@ -273,7 +288,7 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         event: &OutboxEvent,
     ) -> Result<u32, OutboxError> {
-        self.append_with(&self.statements.insert, connection, event)
+        self.append_with(&self.table.sql.insert, connection, event)
             .await
     }
 
@@ -283,13 +298,13 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         events: &[OutboxEvent],
     ) -> Result<Vec<u32>, OutboxError> {
-        self.append_batch_with(&self.statements.insert_batch, connection, events)
+        self.append_batch_with(&self.table.sql.insert_batch, connection, events)
             .await
     }
 
     /// The statement that wakes the feeds of the partitions it is given.
     pub(crate) fn notify_statement(&self) -> &str {
-        &self.statements.notify
+        &self.table.sql.notify
     }
 
     /// Runs an append statement for one event; returns its partition.
@@ -344,9 +359,6 @@ impl PostgresOutbox {
 
 impl fmt::Debug for PostgresOutbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresOutbox")
-            .field("table", self.table())
-            .field("partition_count", &self.partition_count())
-            .finish()
+        self.table.debug("PostgresOutbox", f)
     }
 }

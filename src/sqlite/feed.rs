@@ -1,6 +1,5 @@
 //! The feed of a SQLite outbox: pages read in chunks, in commit order.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadErro
 /// [`SqliteOutbox`] (or its clones) in this process wake it at once; it
 /// also looks at the table every [poll interval](Self::poll_every), for
 /// writers in other processes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SqliteFeed {
     outbox: SqliteOutbox,
     pool: SqlitePool,
@@ -88,7 +87,7 @@ impl SqliteFeed {
     async fn look(&self, starts: &[(u32, i64)]) -> Result<Look, ReadError> {
         let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
         for (partition, after) in starts {
-            let news: bool = sqlx::query_scalar(&self.outbox.statements.news)
+            let news: bool = sqlx::query_scalar(&self.outbox.table.sql.news)
                 .bind(i64::from(*partition))
                 .bind(*after)
                 .fetch_one(&mut *connection)
@@ -109,13 +108,13 @@ impl SqliteFeed {
         partition: u32,
         cursor: &Cursor,
     ) -> Result<(i64, Option<Checkpoint>), ReadError> {
-        let statements = &self.outbox.statements;
-        check_partition(partition, statements.partition_count)?;
+        let table = &self.outbox.table;
+        check_partition(partition, table.partition_count())?;
         if cursor.is_first() {
             return Ok((0, None));
         }
         if cursor.is_last() {
-            let last: Option<i64> = sqlx::query_scalar(&statements.last)
+            let last: Option<i64> = sqlx::query_scalar(&table.sql.last)
                 .bind(i64::from(partition))
                 .fetch_one(connection)
                 .await
@@ -131,7 +130,7 @@ impl SqliteFeed {
         else {
             return Err(unknown);
         };
-        let handed_out: bool = sqlx::query_scalar(&statements.handed_out)
+        let handed_out: bool = sqlx::query_scalar(&table.sql.handed_out)
             .bind(i64::from(partition))
             .bind(position)
             .fetch_one(connection)
@@ -142,14 +141,6 @@ impl SqliteFeed {
         } else {
             Err(unknown)
         }
-    }
-}
-
-impl fmt::Debug for SqliteFeed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteFeed")
-            .field("outbox", &self.outbox)
-            .finish_non_exhaustive()
     }
 }
 
@@ -173,7 +164,7 @@ impl FeedReader for SqliteFeed {
             wait_for_rows(&self.signal, &context, || self.look(&starts)).await?;
             connection = self.pool.acquire().await.map_err(ReadError::internal)?;
         }
-        let statements = Arc::clone(&self.outbox.statements);
+        let table = Arc::clone(&self.outbox.table);
         let selection = request.headers().clone();
         let mut budget = Budget::new(context.page_size(), starts.len());
         Ok(OutboxPage::new(move |emitter| async move {
@@ -186,7 +177,7 @@ impl FeedReader for SqliteFeed {
                 let mut after = after;
                 while taken < share {
                     let asked = (share - taken).min(CHUNK_ROWS);
-                    let chunk: Option<String> = sqlx::query_scalar(&statements.read)
+                    let chunk: Option<String> = sqlx::query_scalar(&table.sql.read)
                         .bind(i64::from(partition))
                         .bind(after)
                         .bind(i64::try_from(asked).unwrap_or(i64::MAX))

@@ -35,23 +35,3 @@ pub use feed::SqliteFeed;
 pub use outbox::SqliteOutbox;
 #[cfg(feature = "client")]
 pub use store::SqliteStore;
-
-#[cfg(all(test, feature = "server"))]
-mod tests {
-    /// Every statement the crate runs is written out in the docs.
-    #[test]
-    fn the_docs_show_every_statement() {
-        use super::outbox::sql;
-        let docs = include_str!("outbox.md");
-        for statement in [
-            sql::SCHEMA,
-            sql::APPEND,
-            sql::READ,
-            sql::LAST,
-            sql::HANDED_OUT,
-            sql::NEWS,
-        ] {
-            assert!(docs.contains(statement), "undocumented: {statement}");
-        }
-    }
-}

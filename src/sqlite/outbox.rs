@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
 
 use super::feed::SqliteFeed;
+use crate::outbox::table::OutboxTable;
 use crate::outbox::{OutboxError, OutboxEvent, TableName};
 use crate::server::AppendSignal;
 
@@ -56,17 +57,23 @@ FROM (
     /// handed out.
     pub(crate) const HANDED_OUT: &str =
         "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)";
-}
 
-pub(super) struct Statements {
-    table: TableName,
-    pub(super) partition_count: u32,
-    schema: String,
-    append: String,
-    pub(super) read: String,
-    pub(super) last: String,
-    pub(super) handed_out: String,
-    pub(super) news: String,
+    #[cfg(test)]
+    #[test]
+    fn the_module_docs_show_every_statement() {
+        let statements = [SCHEMA, APPEND, READ, LAST, HANDED_OUT, NEWS];
+        crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
+    }
+
+    /// The statements of one table, filled in.
+    pub(crate) struct Statements {
+        pub(crate) schema: String,
+        pub(crate) append: String,
+        pub(crate) read: String,
+        pub(crate) last: String,
+        pub(crate) handed_out: String,
+        pub(crate) news: String,
+    }
 }
 
 /// An outbox table in SQLite: its schema, and the writer that appends
@@ -89,29 +96,37 @@ pub(super) struct Statements {
 /// every statement.
 ///
 /// ```no_run
-/// use sqlx::SqlitePool;
+/// use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 /// use zeroeventhub::protocol::RawJson;
 /// use zeroeventhub::server::{OutboxEvent, SqliteOutbox, TableName};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = SqlitePool::connect("sqlite://events.db?mode=rwc").await?;
+/// // WAL, so that the feed's readers never block the writer.
+/// let options = SqliteConnectOptions::new()
+///     .filename("events.db")
+///     .create_if_missing(true)
+///     .journal_mode(SqliteJournalMode::Wal);
+/// let pool = SqlitePool::connect_with(options).await?;
 /// let outbox = SqliteOutbox::new(TableName::new("order_events")?, 4);
 /// outbox.migrate(&pool).await?;
 ///
+/// // The business change and its events, in one transaction.
 /// let mut tx = pool.begin().await?;
-/// // ... the business change, in `tx` ...
-/// let data = RawJson::from_bytes(r#"{"order":"A-17","status":"paid"}"#)?;
-/// outbox.append(&mut tx, &OutboxEvent::keyed("A-17", data)).await?;
+/// let placed = RawJson::from_bytes(r#"{"order":"A-17","status":"placed"}"#)?;
+/// let paid = RawJson::from_bytes(r#"{"order":"A-17","status":"paid"}"#)?;
+/// let events = [OutboxEvent::keyed("A-17", placed), OutboxEvent::keyed("A-17", paid)];
+/// outbox.append_batch(&mut tx, &events).await?;
 /// tx.commit().await?;
 ///
-/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", outbox.feed(pool).service());
+/// let feed = outbox.feed(pool);
+/// let app: axum::Router = axum::Router::new().route_service("/feed/v1", feed.service());
 /// # let _ = app;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct SqliteOutbox {
-    pub(super) statements: Arc<Statements>,
+    pub(super) table: Arc<OutboxTable<sql::Statements>>,
     /// Notified by the commit hook of connections this writer appended on;
     /// shared by the feeds made with [`feed`](Self::feed).
     pub(super) committed: AppendSignal,
@@ -124,43 +139,40 @@ impl SqliteOutbox {
     ///
     /// If `partition_count` is 0: a feed has at least one partition.
     pub fn new(table: TableName, partition_count: u32) -> Self {
-        assert!(partition_count > 0, "a feed has at least one partition");
-        let fill = |template: &str| template.replace("{table}", table.as_str());
+        let table = OutboxTable::new(table, partition_count, |fill| sql::Statements {
+            schema: fill(sql::SCHEMA),
+            append: fill(sql::APPEND),
+            read: fill(sql::READ),
+            last: fill(sql::LAST),
+            handed_out: fill(sql::HANDED_OUT),
+            news: fill(sql::NEWS),
+        });
         SqliteOutbox {
-            statements: Arc::new(Statements {
-                schema: fill(sql::SCHEMA),
-                append: fill(sql::APPEND),
-                read: fill(sql::READ),
-                last: fill(sql::LAST),
-                handed_out: fill(sql::HANDED_OUT),
-                news: fill(sql::NEWS),
-                table,
-                partition_count,
-            }),
+            table: Arc::new(table),
             committed: AppendSignal::new(partition_count),
         }
     }
 
     /// The table's name.
     pub fn table(&self) -> &TableName {
-        &self.statements.table
+        self.table.name()
     }
 
     /// The feed's partition count.
     pub fn partition_count(&self) -> u32 {
-        self.statements.partition_count
+        self.table.partition_count()
     }
 
     /// The SQL that [`migrate`](Self::migrate) runs, for users of their own
     /// migration tool.
     pub fn schema(&self) -> &str {
-        &self.statements.schema
+        &self.table.sql.schema
     }
 
     /// The query that reads one partition of a page (see the
     /// [module docs](super)): for checking its plan with `EXPLAIN`.
     pub fn read_statement(&self) -> &str {
-        &self.statements.read
+        &self.table.sql.read
     }
 
     /// Creates the table and its index if they do not exist, in one
@@ -185,7 +197,7 @@ impl SqliteOutbox {
     ) -> Result<(), OutboxError> {
         let partition = event.checked_partition(self.partition_count())?;
         self.wake_feeds_on_commit(connection).await?;
-        sqlx::query(&self.statements.append)
+        sqlx::query(&self.table.sql.append)
             .bind(i64::from(partition))
             .bind(event.headers_json())
             .bind(event.data().as_str())
@@ -210,7 +222,7 @@ impl SqliteOutbox {
             self.wake_feeds_on_commit(connection).await?;
         }
         for (event, partition) in events.iter().zip(partitions) {
-            sqlx::query(&self.statements.append)
+            sqlx::query(&self.table.sql.append)
                 .bind(i64::from(partition))
                 .bind(event.headers_json())
                 .bind(event.data().as_str())
@@ -246,9 +258,6 @@ impl SqliteOutbox {
 
 impl fmt::Debug for SqliteOutbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteOutbox")
-            .field("table", self.table())
-            .field("partition_count", &self.partition_count())
-            .finish()
+        self.table.debug("SqliteOutbox", f)
     }
 }
