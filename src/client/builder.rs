@@ -17,6 +17,14 @@ use crate::protocol::{LineDecoder, RawJson};
 /// timeout.
 pub type ClientStack<S> = Retry<RetryPolicy, HeadTimeout<S>>;
 
+impl Client<()> {
+    /// A builder for a client of the feed at `url` with `partitions`
+    /// partitions, with the default stack.
+    pub fn builder(url: Uri, partitions: u32) -> ClientBuilder {
+        ClientBuilder::new(url, partitions)
+    }
+}
+
 /// Builds a [`Client`] with the default stack: retry with backoff, a
 /// timeout on each attempt's response head, an idle timeout on the body,
 /// and, with `build` (feature `hyper-client`), hyper-util's pooled client.
@@ -72,7 +80,7 @@ struct Settings {
 }
 
 impl ClientBuilder {
-    pub(crate) fn new(url: Uri, partitions: u32) -> Self {
+    fn new(url: Uri, partitions: u32) -> Self {
         ClientBuilder {
             layer: Identity::new(),
             settings: Settings {

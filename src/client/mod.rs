@@ -147,6 +147,7 @@
 //! ```
 
 mod builder;
+mod classify;
 mod error;
 mod fetch;
 mod page;
