@@ -32,7 +32,30 @@ use crate::BoxError;
 /// which is what keeps consumption exactly-once.
 ///
 /// The policy is for the requests the client sends (`GET`, empty body);
-/// the error type is [`BoxError`], as tower's timeout layer makes it.
+/// the error type is [`BoxError`], as tower's timeout layer makes it, and
+/// as [`HeadTimeoutLayer`](super::HeadTimeoutLayer) does. With tower's
+/// `RetryLayer` outside that layer, it makes the stack
+/// [`Client::builder`](super::Client::builder) builds:
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower::retry::RetryLayer;
+/// use zeroeventhub::client::{Client, HeadTimeoutLayer, RetryPolicy};
+/// use zeroeventhub::server::MemoryFeed;
+///
+/// let policy = RetryPolicy::new()
+///     .with_max_attempts(3)
+///     .with_backoff(Duration::from_millis(50), Duration::from_secs(2));
+/// let stack = ServiceBuilder::new()
+///     .layer(RetryLayer::new(policy))
+///     .layer(HeadTimeoutLayer::default())
+///     .service(MemoryFeed::new(1).service());
+/// let client = Client::new(stack, "http://feed.example/v1".parse().unwrap(), 1);
+/// # let _ = client;
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
