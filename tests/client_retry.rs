@@ -14,8 +14,12 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{Empty, StreamBody};
 use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower::retry::RetryLayer;
 use zeroeventhub::BoxError;
-use zeroeventhub::client::{Client, Error, HttpService, RetryPolicy};
+use zeroeventhub::client::{
+    Client, ClientBuilder, Error, HeadTimeoutLayer, HttpService, RetryPolicy,
+};
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest};
 
 type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, BoxError>>>;
@@ -468,5 +472,170 @@ async fn max_attempts_of_the_policy_is_what_is_made() {
     assert_eq!(
         RetryPolicy::new().max_attempts(),
         RetryPolicy::DEFAULT_MAX_ATTEMPTS
+    );
+}
+
+/// The builder's client, and the same one composed by hand: tower's
+/// `RetryLayer` with the policy, `HeadTimeoutLayer`, the transport, handed
+/// to `Client::new`. Both in one array, so they are one type, too.
+fn both_ways(
+    script: &Script,
+    policy: RetryPolicy,
+    head_timeout: Duration,
+) -> [Client<impl HttpService + Clone>; 2] {
+    let url: http::Uri = "http://feed.test/events".parse().unwrap();
+    let built = Client::builder(url.clone(), 1)
+        .retry_policy(policy.clone())
+        .head_timeout(head_timeout)
+        .build_with(script.transport());
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy))
+        .layer(HeadTimeoutLayer::new(head_timeout))
+        .service(script.transport());
+    let composed = Client::new(stack, url, 1);
+    [built, composed]
+}
+
+/// What a client did with a script: what it read (or its error), how many
+/// requests it sent, and how long it took.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    read: Result<Vec<FeedItem>, String>,
+    calls: usize,
+    took: Duration,
+}
+
+/// Runs `steps` through the client both ways, each over a fresh script,
+/// reading a page for `request`.
+async fn run_both_ways(
+    steps: impl Fn() -> Vec<Step>,
+    policy: RetryPolicy,
+    head_timeout: Duration,
+    request: &FeedRequest,
+) -> [Outcome; 2] {
+    let mut outcomes = Vec::new();
+    for way in 0..2 {
+        let script = Script::new(steps());
+        let client = both_ways(&script, policy.clone(), head_timeout)
+            .into_iter()
+            .nth(way)
+            .unwrap();
+        let started = Instant::now();
+        let read = match client.fetch(request).await {
+            Ok(lines) => lines.try_collect().await,
+            Err(error) => Err(error),
+        };
+        outcomes.push(Outcome {
+            read: read.map_err(|error| error.to_string()),
+            calls: script.calls(),
+            took: started.elapsed(),
+        });
+    }
+    outcomes.try_into().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_composed_with_service_builder_behaves_as_the_builders() {
+    // No jitter to tell the two apart: Retry-After waits are exact.
+    let policy = RetryPolicy::new().with_max_attempts(3);
+    let timeout = Duration::from_secs(5);
+    let items = vec![
+        FeedItem::Event(zeroeventhub::protocol::Event::new(
+            0,
+            zeroeventhub::protocol::RawJson::from_bytes(r#"{"n":1}"#).unwrap(),
+        )),
+        FeedItem::Checkpoint(zeroeventhub::protocol::Checkpoint::new(
+            0,
+            Cursor::new("1").unwrap(),
+        )),
+    ];
+
+    // The same page.
+    let [built, composed] =
+        run_both_ways(|| vec![ok_page()], policy.clone(), timeout, &request()).await;
+    assert_eq!(built.read.as_ref(), Ok(&items));
+    assert_eq!((built.calls, built.took), (1, Duration::ZERO));
+    assert_eq!(composed, built);
+
+    // A 503 that asks for two seconds, then the page: retried once, after
+    // exactly that long.
+    let [built, composed] = run_both_ways(
+        || vec![retry_after(503, "2"), ok_page()],
+        policy.clone(),
+        timeout,
+        &request(),
+    )
+    .await;
+    assert_eq!(built.read.as_ref(), Ok(&items));
+    assert_eq!((built.calls, built.took), (2, Duration::from_secs(2)));
+    assert_eq!(composed, built);
+
+    // A 503 without Retry-After: the backoff, jittered differently each
+    // time, so the times are compared with the bounds.
+    let [built, composed] = run_both_ways(
+        || vec![answer(503, &["busy"]), ok_page()],
+        policy.clone(),
+        timeout,
+        &request(),
+    )
+    .await;
+    for outcome in [&built, &composed] {
+        assert_eq!(outcome.read.as_ref(), Ok(&items));
+        assert_eq!(outcome.calls, 2);
+        assert!(
+            outcome.took >= Duration::from_millis(50) && outcome.took <= Duration::from_millis(100),
+            "{outcome:?}"
+        );
+    }
+
+    // The policy's cap on attempts: three 503s, then the status.
+    let [built, composed] = run_both_ways(
+        || (0..5).map(|_| retry_after(503, "1")).collect(),
+        policy.clone(),
+        timeout,
+        &request(),
+    )
+    .await;
+    assert!(
+        built.read.as_ref().unwrap_err().contains("503"),
+        "{built:?}"
+    );
+    assert_eq!((built.calls, built.took), (3, Duration::from_secs(2)));
+    assert_eq!(composed, built);
+
+    // A head that never comes: the head timeout, not retried.
+    let [built, composed] = run_both_ways(
+        || vec![Step::Hang, ok_page()],
+        policy.clone(),
+        timeout,
+        &request(),
+    )
+    .await;
+    assert_eq!(
+        built.read.as_ref().unwrap_err(),
+        "feed http://feed.test/events: the feed did not answer in time; \
+         it may be overloaded, retry later; cause: request timed out"
+    );
+    assert_eq!((built.calls, built.took), (1, timeout));
+    assert_eq!(composed, built);
+
+    // A long-polling request's wait extends the head timeout the same way.
+    let waiting = request().with_wait(Duration::from_secs(20));
+    let [built, composed] =
+        run_both_ways(|| vec![Step::Hang], policy.clone(), timeout, &waiting).await;
+    assert!(built.read.is_err(), "{built:?}");
+    assert_eq!(built.took, Duration::from_secs(25));
+    assert_eq!(composed, built);
+}
+
+#[test]
+fn the_head_timeout_layer_defaults_to_the_builders_timeout() {
+    assert_eq!(
+        HeadTimeoutLayer::default().timeout(),
+        <ClientBuilder>::DEFAULT_HEAD_TIMEOUT
+    );
+    assert_eq!(
+        HeadTimeoutLayer::DEFAULT_TIMEOUT,
+        <ClientBuilder>::DEFAULT_HEAD_TIMEOUT
     );
 }

@@ -3,19 +3,45 @@ use std::time::Duration;
 
 use http::Uri;
 use tower::layer::util::{Identity, Stack};
-use tower::retry::Retry;
+use tower::retry::{Retry, RetryLayer};
 use tower_layer::Layer;
 
 #[cfg(feature = "hyper-client")]
 use super::transport::{HttpTransport, http_transport};
-use super::{Client, HeadTimeout, RetryPolicy};
+use super::{Client, HeadTimeout, HeadTimeoutLayer, RetryPolicy};
 use crate::protocol::{LineDecoder, RawJson};
 
 /// The stack the builder puts around a transport `S` (with the user's
 /// layers): tower's retry with [`RetryPolicy`], outside the timeout on the
 /// response head ([`HeadTimeout`]), so that each attempt has its own
 /// timeout.
+///
+/// The same stack, composed with `tower::ServiceBuilder`, is this type
+/// too:
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use tower::ServiceBuilder;
+/// use tower::retry::RetryLayer;
+/// use zeroeventhub::client::{ClientStack, HeadTimeoutLayer, RetryPolicy};
+/// use zeroeventhub::server::{FeedService, MemoryFeed};
+///
+/// let stack: ClientStack<FeedService<MemoryFeed>> = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default()))
+///     .layer(HeadTimeoutLayer::default())
+///     .service(MemoryFeed::new(1).service());
+/// # let _ = stack;
+/// # }
+/// ```
 pub type ClientStack<S> = Retry<RetryPolicy, HeadTimeout<S>>;
+
+impl Client<()> {
+    /// A builder for a client of the feed at `url` with `partitions`
+    /// partitions, with the default stack.
+    pub fn builder(url: Uri, partitions: u32) -> ClientBuilder {
+        ClientBuilder::new(url, partitions)
+    }
+}
 
 /// Builds a [`Client`] with the default stack: retry with backoff, a
 /// timeout on each attempt's response head, an idle timeout on the body,
@@ -72,7 +98,7 @@ struct Settings {
 }
 
 impl ClientBuilder {
-    pub(crate) fn new(url: Uri, partitions: u32) -> Self {
+    fn new(url: Uri, partitions: u32) -> Self {
         ClientBuilder {
             layer: Identity::new(),
             settings: Settings {
@@ -94,8 +120,9 @@ impl ClientBuilder {
 }
 
 impl<L> ClientBuilder<L> {
-    /// The default timeout on each attempt's response head: 30 s.
-    pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default timeout on each attempt's response head: 30 s, that of
+    /// [`HeadTimeoutLayer::default`].
+    pub const DEFAULT_HEAD_TIMEOUT: Duration = HeadTimeoutLayer::DEFAULT_TIMEOUT;
 
     /// The default time an idle pooled connection is kept: 4 s.
     ///
@@ -219,9 +246,9 @@ impl<L> ClientBuilder<L> {
     where
         L: Layer<S>,
     {
-        let service = Retry::new(
-            self.settings.retry,
-            HeadTimeout::new(self.layer.layer(transport), self.settings.head_timeout),
+        // The layers a user composes with `ServiceBuilder` give the same.
+        let service = RetryLayer::new(self.settings.retry).layer(
+            HeadTimeoutLayer::new(self.settings.head_timeout).layer(self.layer.layer(transport)),
         );
         Client::new(service, self.settings.url, self.settings.partitions)
             .with_idle_timeout(self.settings.idle_timeout)

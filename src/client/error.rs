@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::classify::{Chain, is_connection_failure, is_elapsed, is_http2_only};
 use crate::BoxError;
 use crate::protocol::error::excerpt as shortened;
 use crate::protocol::{DecodeError, DecodeErrorKind, Event, RawJson};
@@ -99,7 +100,7 @@ impl Error {
             Kind::HeadTimeout
         } else if is_http2_only(&*error) {
             Kind::Http2Only
-        } else if super::retry::is_connection_failure(&*error) {
+        } else if is_connection_failure(&*error) {
             Kind::Connect
         } else {
             Kind::Request
@@ -319,7 +320,7 @@ impl fmt::Display for Error {
         }
         self.describe(f)?;
         if let Some(source) = self.source() {
-            write!(f, "; cause: {}", super::retry::Chain(source))?;
+            write!(f, "; cause: {}", Chain(source))?;
         }
         Ok(())
     }
@@ -423,22 +424,6 @@ impl StdError for Error {
             .as_ref()
             .map(|source| &**source as &(dyn StdError + 'static))
     }
-}
-
-/// Whether the default transport found an HTTP/2-only server.
-fn is_http2_only(error: &(dyn StdError + 'static)) -> bool {
-    #[cfg(feature = "hyper-client")]
-    return super::transport::is_http2_only(error);
-    #[cfg(not(feature = "hyper-client"))]
-    return {
-        let _ = error;
-        false
-    };
-}
-
-/// Whether `error` or one of its causes is tower's timeout.
-fn is_elapsed(error: &(dyn StdError + 'static)) -> bool {
-    super::retry::causes(error).any(|cause| cause.is::<tower::timeout::error::Elapsed>())
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::retry::retry_after;
+use super::classify::retry_after;
 use super::stream::Limits;
-use super::{ClientBuilder, Error, FeedStream, HttpService, Page};
+use super::{Error, FeedStream, HttpService, Page};
 use crate::protocol::query::decode;
 use crate::protocol::{Cursor, FeedRequest, HeaderSelection, LineDecoder, RawJson, RequestError};
 
@@ -43,14 +43,6 @@ pub struct Client<S> {
     page_timeout: Duration,
     max_line_length: usize,
     max_buffered_bytes: usize,
-}
-
-impl Client<()> {
-    /// A builder for a client of the feed at `url` with `partitions`
-    /// partitions, with the default stack.
-    pub fn builder(url: Uri, partitions: u32) -> ClientBuilder {
-        ClientBuilder::new(url, partitions)
-    }
 }
 
 impl<S> Client<S> {

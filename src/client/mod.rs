@@ -145,8 +145,55 @@
 //! # #[cfg(feature = "server")]
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 //! ```
+//!
+//! # Composing the stack yourself
+//!
+//! The builder is the short way. Its stack is made of layers a
+//! `tower::ServiceBuilder` takes as well: tower's `RetryLayer` with
+//! [`RetryPolicy`], then [`HeadTimeoutLayer`], then your own layers, then
+//! the transport. Handed to [`Client::new`], such a stack behaves as the
+//! builder's, and is the same type ([`ClientStack`]). The body's idle
+//! timeout, the page timeout and the limits are the client's own, set on
+//! it ([`Client::with_idle_timeout`] and the like) with the same defaults.
+//!
+//! ```
+//! # #[cfg(feature = "server")] {
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower::retry::RetryLayer;
+//! use zeroeventhub::client::{Client, HeadTimeoutLayer, HttpRequest, RetryPolicy};
+//! use zeroeventhub::http::HeaderValue;
+//! use zeroeventhub::server::MemoryFeed;
+//!
+//! fn tag(mut request: HttpRequest) -> HttpRequest {
+//!     request.headers_mut().insert("x-consumer", HeaderValue::from_static("billing"));
+//!     request
+//! }
+//!
+//! let feed = MemoryFeed::new(2);
+//! let url: http::Uri = "http://feed.example/events".parse().unwrap();
+//!
+//! // The short way...
+//! let built = Client::builder(url.clone(), 2)
+//!     .max_attempts(3)
+//!     .head_timeout(Duration::from_secs(10))
+//!     .layer(tower::util::MapRequestLayer::new(tag))
+//!     .build_with(feed.service());
+//!
+//! // ...and the same client, composed by hand: the retry outermost, so
+//! // that each attempt has its own head timeout and runs your layers.
+//! let stack = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::new().with_max_attempts(3)))
+//!     .layer(HeadTimeoutLayer::new(Duration::from_secs(10)))
+//!     .map_request(tag)
+//!     .service(feed.service());
+//! let composed = Client::new(stack, url, 2);
+//! # let _ = (built, composed);
+//! # }
+//! ```
 
 mod builder;
+mod classify;
 mod error;
 mod fetch;
 mod page;
@@ -164,6 +211,6 @@ pub use page::Page;
 pub use retry::RetryPolicy;
 pub use service::{HttpRequest, HttpService};
 pub use stream::FeedStream;
-pub use timeout::HeadTimeout;
+pub use timeout::{HeadTimeout, HeadTimeoutLayer};
 #[cfg(feature = "hyper-client")]
 pub use transport::{Checked, HttpTransport, HttpVersionCheck};

@@ -1,12 +1,12 @@
-use std::error::Error as StdError;
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::retry::Policy;
 
+use super::classify::{Chain, is_connection_failure, retry_after};
 use crate::BoxError;
 
 /// The client's retry policy for [`tower::retry`]: retries exactly what is
@@ -32,7 +32,30 @@ use crate::BoxError;
 /// which is what keeps consumption exactly-once.
 ///
 /// The policy is for the requests the client sends (`GET`, empty body);
-/// the error type is [`BoxError`], as tower's timeout layer makes it.
+/// the error type is [`BoxError`], as tower's timeout layer makes it, and
+/// as [`HeadTimeoutLayer`](super::HeadTimeoutLayer) does. With tower's
+/// `RetryLayer` outside that layer, it makes the stack
+/// [`Client::builder`](super::Client::builder) builds:
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower::retry::RetryLayer;
+/// use zeroeventhub::client::{Client, HeadTimeoutLayer, RetryPolicy};
+/// use zeroeventhub::server::MemoryFeed;
+///
+/// let policy = RetryPolicy::new()
+///     .with_max_attempts(3)
+///     .with_backoff(Duration::from_millis(50), Duration::from_secs(2));
+/// let stack = ServiceBuilder::new()
+///     .layer(RetryLayer::new(policy))
+///     .layer(HeadTimeoutLayer::default())
+///     .service(MemoryFeed::new(1).service());
+/// let client = Client::new(stack, "http://feed.example/v1".parse().unwrap(), 1);
+/// # let _ = client;
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     max_attempts: u32,
@@ -202,90 +225,6 @@ fn jitter(salt: u32) -> u64 {
     hasher.finish()
 }
 
-/// The wait a `Retry-After` header asks for: seconds, or an HTTP date
-/// (a date in the past means now).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(
-        date.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// An error and its causes, `: `-separated, for a message or a log line.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut previous = String::new();
-        for cause in causes(self.0) {
-            let text = cause.to_string();
-            // Wrappers often repeat their cause's message.
-            if text != previous && !text.is_empty() {
-                if !previous.is_empty() {
-                    f.write_str(": ")?;
-                }
-                f.write_str(&text)?;
-                previous = text;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `error` and its chain of causes.
-pub(crate) fn causes<'a>(
-    error: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(error), |&error| error.source())
-}
-
-/// Whether the connection failed before the answer's head: safe to retry
-/// for an idempotent GET, since the feed cannot have answered.
-pub(crate) fn is_connection_failure(error: &(dyn StdError + 'static)) -> bool {
-    // Another attempt would meet the same server.
-    #[cfg(feature = "hyper-client")]
-    if super::transport::is_http2_only(error) {
-        return false;
-    }
-    causes(error).any(|cause| {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionRefused
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | BrokenPipe
-                    | UnexpectedEof
-                    | NotConnected
-            );
-        }
-        #[cfg(feature = "hyper-client")]
-        {
-            if let Some(legacy) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
-                if legacy.is_connect() {
-                    return true;
-                }
-            }
-            if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-                // A pooled connection that the server closed while the
-                // request was on its way: the request was not answered.
-                return hyper.is_incomplete_message() || hyper.is_canceled() || hyper.is_closed();
-            }
-        }
-        false
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,28 +243,6 @@ mod tests {
     fn decide(policy: &mut RetryPolicy, mut result: Result<Response<()>, BoxError>) -> bool {
         let mut request = Request::new(Empty::new());
         policy.retry(&mut request, &mut result).is_some()
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(http::header::RETRY_AFTER, " 12 ".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
-        let later = SystemTime::now() + Duration::from_secs(120);
-        headers.insert(
-            http::header::RETRY_AFTER,
-            httpdate::fmt_http_date(later).parse().unwrap(),
-        );
-        let wait = retry_after(&headers).unwrap();
-        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
-        headers.insert(
-            http::header::RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]
@@ -349,35 +266,6 @@ mod tests {
             .map(|_| backoff(Duration::from_secs(1), Duration::from_secs(1), 1))
             .collect();
         assert!(delays.len() > 1, "{delays:?}");
-    }
-
-    /// An error with a message and maybe a cause.
-    #[derive(Debug)]
-    struct Layer(&'static str, Option<Box<Layer>>);
-
-    impl std::fmt::Display for Layer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl StdError for Layer {
-        fn source(&self) -> Option<&(dyn StdError + 'static)> {
-            self.1.as_deref().map(|cause| cause as _)
-        }
-    }
-
-    #[test]
-    fn a_chain_names_each_cause_once() {
-        let chain = |error: &Layer| Chain(error).to_string();
-        assert_eq!(chain(&Layer("refused", None)), "refused");
-        let wrapped = Layer("connect", Some(Box::new(Layer("refused", None))));
-        assert_eq!(chain(&wrapped), "connect: refused");
-        // A wrapper that repeats its cause, or says nothing, adds nothing.
-        let repeated = Layer("refused", Some(Box::new(Layer("refused", None))));
-        assert_eq!(chain(&repeated), "refused");
-        let silent = Layer("", Some(Box::new(Layer("refused", None))));
-        assert_eq!(chain(&silent), "refused");
     }
 
     #[tokio::test]

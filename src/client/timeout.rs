@@ -9,8 +9,71 @@ use std::time::Duration;
 use http::Request;
 use tokio::time::Sleep;
 use tower::timeout::error::Elapsed;
+use tower_layer::Layer;
 
 use crate::BoxError;
+
+/// Builds [`HeadTimeout`] around a service, for `tower::ServiceBuilder`.
+///
+/// Put it inside tower's `RetryLayer` with [`RetryPolicy`](super::RetryPolicy),
+/// so that each attempt has its own timeout: that is the stack
+/// [`Client::builder`](super::Client::builder) builds
+/// ([`ClientStack`](super::ClientStack)).
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower::retry::RetryLayer;
+/// use zeroeventhub::client::{Client, HeadTimeoutLayer, RetryPolicy};
+/// use zeroeventhub::server::MemoryFeed;
+///
+/// let feed = MemoryFeed::new(1);
+/// let stack = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::new().with_max_attempts(3)))
+///     .layer(HeadTimeoutLayer::new(Duration::from_secs(10)))
+///     .service(feed.service());
+/// let client = Client::new(stack, "http://feed.example/v1".parse().unwrap(), 1);
+/// # let _ = client;
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct HeadTimeoutLayer {
+    timeout: Duration,
+}
+
+impl HeadTimeoutLayer {
+    /// The default timeout beside a request's wait: 30 s, as
+    /// [`ClientBuilder::DEFAULT_HEAD_TIMEOUT`](super::ClientBuilder::DEFAULT_HEAD_TIMEOUT).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A layer giving each response head `timeout`, beside the request's
+    /// wait.
+    pub fn new(timeout: Duration) -> Self {
+        HeadTimeoutLayer { timeout }
+    }
+
+    /// The timeout beside a request's wait.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// The layer with [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT), the
+/// builder's default.
+impl Default for HeadTimeoutLayer {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+impl<S> Layer<S> for HeadTimeoutLayer {
+    type Service = HeadTimeout<S>;
+
+    fn layer(&self, inner: S) -> HeadTimeout<S> {
+        HeadTimeout::new(inner, self.timeout)
+    }
+}
 
 /// The timeout on each attempt's response head, as
 /// [`ClientBuilder::head_timeout`](super::ClientBuilder::head_timeout) sets
@@ -20,7 +83,19 @@ use crate::BoxError;
 /// tower's `Timeout`, but for that extension; past the time, the attempt
 /// fails with tower's [`Elapsed`], which
 /// [`Error::is_timeout`](super::Error::is_timeout) recognises and the retry
-/// policy does not retry.
+/// policy does not retry. [`HeadTimeoutLayer`] builds it in a
+/// `tower::ServiceBuilder`.
+///
+/// ```
+/// # #[cfg(feature = "server")] {
+/// use std::time::Duration;
+/// use zeroeventhub::client::HeadTimeout;
+/// use zeroeventhub::server::MemoryFeed;
+///
+/// let transport = HeadTimeout::new(MemoryFeed::new(1).service(), Duration::from_secs(10));
+/// assert_eq!(transport.timeout(), Duration::from_secs(10));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct HeadTimeout<S> {
     inner: S,

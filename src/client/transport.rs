@@ -1,4 +1,3 @@
-use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -9,6 +8,8 @@ use std::time::Duration;
 use http::Uri;
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+
+use super::classify::Http2OnlyServer;
 
 /// The default transport: hyper-util's pooled client, speaking HTTP/1.1 or,
 /// when asked, HTTP/2; able to speak HTTPS when the `rustls` feature is on.
@@ -178,29 +179,6 @@ impl<T: Connection> Connection for Checked<T> {
 fn is_http2_preface(bytes: &[u8]) -> bool {
     const SETTINGS: u8 = 0x4;
     bytes.len() >= 9 && bytes[3] == SETTINGS && bytes[5..9] == [0, 0, 0, 0]
-}
-
-/// The server answered an HTTP/1.1 request as an HTTP/2-only server does.
-#[derive(Debug)]
-pub(super) struct Http2OnlyServer;
-
-impl fmt::Display for Http2OnlyServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the server speaks only HTTP/2 and the client spoke HTTP/1.1")
-    }
-}
-
-impl StdError for Http2OnlyServer {}
-
-/// Whether `error` or a cause is [`Http2OnlyServer`]'s.
-pub(super) fn is_http2_only(error: &(dyn StdError + 'static)) -> bool {
-    super::retry::causes(error).any(|cause| {
-        cause.is::<Http2OnlyServer>()
-            || cause
-                .downcast_ref::<io::Error>()
-                .and_then(io::Error::get_ref)
-                .is_some_and(|inner| inner.is::<Http2OnlyServer>())
-    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,35 @@
 //! service parses the consumer's cursors, calls the reader, and streams the
 //! page as NDJSON through [`FeedBody`].
 //!
+//! # Adding a feed to an app as a layer
+//!
+//! [`FeedLayer`] serves a feed on one path in front of any service, as a
+//! tower-http middleware does: requests for that path (whatever their
+//! query) go to the feed, every other request to the app. With
+//! `tower::ServiceBuilder` around an app, or with axum's `Router::layer`:
+//!
+//! ```
+//! use axum::Router;
+//! use axum::routing::get;
+//! use tower::ServiceBuilder;
+//! use zeroeventhub::server::{FeedLayer, MemoryFeed};
+//!
+//! let feed = MemoryFeed::new(2);
+//! let app: Router = Router::new().route("/", get(|| async { "the app" }));
+//!
+//! // Around the app, to serve with `Server` (feature `serve`) or hyper...
+//! let service = ServiceBuilder::new()
+//!     .layer(FeedLayer::new("/feed/v1", feed.service()))
+//!     .service(app.clone());
+//! // ...or in the router, for `axum::serve`.
+//! let app = app.layer(FeedLayer::new("/feed/v1", feed.service()));
+//! # let _ = (service, app);
+//! ```
+//!
+//! The route ([`FeedRoute`]) keeps the app's error type (`Infallible` for
+//! axum's router) and streams the feed's pages unboxed; see its docs for
+//! how the path is matched.
+//!
 //! # Long polling
 //!
 //! A request with `wait=<seconds>` asks the service to hold it until an
@@ -21,6 +50,7 @@
 mod body;
 mod memory;
 mod reader;
+pub mod route;
 #[cfg(feature = "serve")]
 mod serve;
 mod service;
@@ -29,6 +59,7 @@ mod wake;
 pub use body::{FeedBody, FeedBodyError};
 pub use memory::{MemoryFeed, MemoryPage, UnknownPartition};
 pub use reader::{FeedReader, ReadContext, ReadError};
+pub use route::{FeedLayer, FeedRoute};
 #[cfg(feature = "serve")]
 pub use serve::Server;
 pub use service::{FeedService, ResponseFuture};
