@@ -234,6 +234,30 @@ impl Error {
         }
     }
 
+    /// Whether the feed answered `410 Gone`: a cursor of the request is
+    /// well formed but the feed no longer keeps the events after it (its
+    /// retention pruned them). Retrying cannot help and resetting the cursor
+    /// skips events: a person decides, from
+    /// [`cursor_partition`](Self::cursor_partition) and the
+    /// [`body_excerpt`](Self::body_excerpt), which names the oldest event
+    /// the partition keeps.
+    pub fn is_cursor_expired(&self) -> bool {
+        self.status() == Some(StatusCode::GONE)
+    }
+
+    /// The partition whose cursor the feed refused, for a `400` or `410`
+    /// whose line names it as a ZeroEventHub server writes it
+    /// (`parameter "cursor3": ...`).
+    pub fn cursor_partition(&self) -> Option<u32> {
+        let excerpt = self.body_excerpt()?;
+        let rest = excerpt.strip_prefix("parameter \"cursor")?;
+        let digits = rest.split('"').next()?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
     /// Whether the answer cannot be read as a page: a line breaks the
     /// protocol (the source is the [`DecodeError`], and
     /// [`line`](Self::line) says which), or the body is compressed
@@ -380,6 +404,10 @@ impl Error {
                     400 => "; the feed refused the request: check the partition count and cursors",
                     401 | 403 => "; check the credentials",
                     404 => "; check the feed URL",
+                    410 => {
+                        "; the consumer fell behind the feed's retention: the events after its \
+                         cursor are gone, and only a person can decide where to go on"
+                    }
                     429 | 502..=504 => "; retry later",
                     500..=599 => "; the feed failed, retry later or tell its owner",
                     _ => "",
@@ -453,6 +481,41 @@ mod tests {
             "the feed answered 429 Too Many Requests (retry after 7s); retry later"
         );
         assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!error.is_cursor_expired());
+        assert_eq!(error.cursor_partition(), None);
+    }
+
+    #[test]
+    fn an_expired_cursor_names_its_partition() {
+        let error = Error::from_status(
+            StatusCode::GONE,
+            None,
+            "parameter \"cursor12\": expired: the feed no longer keeps the events after this \
+             cursor (the oldest it keeps is 7); read the partition from _first to start again\n"
+                .into(),
+        );
+        assert!(error.is_cursor_expired() && !error.is_retryable());
+        assert_eq!(error.cursor_partition(), Some(12));
+        assert!(
+            error
+                .to_string()
+                .contains("fell behind the feed's retention")
+        );
+        let unknown = Error::from_status(
+            StatusCode::BAD_REQUEST,
+            None,
+            "parameter \"cursor3\": not a cursor this feed handed out".into(),
+        );
+        assert!(!unknown.is_cursor_expired());
+        assert_eq!(unknown.cursor_partition(), Some(3));
+        for excerpt in [
+            "parameter \"cursor\": x",
+            "parameter \"cursorx1\": x",
+            "other",
+        ] {
+            let error = Error::from_status(StatusCode::GONE, None, excerpt.into());
+            assert_eq!(error.cursor_partition(), None, "{excerpt}");
+        }
     }
 
     #[test]

@@ -276,7 +276,7 @@ where
             };
             let request = match self.request(&previous, idle) {
                 Ok(request) => request,
-                Err(error) => break Err(Error::feed(error)),
+                Err(error) => break Err(Error::feed(&self.name, error)),
             };
 
             let asked_at = tokio::time::Instant::now();
@@ -309,7 +309,7 @@ where
                     }
                     continue;
                 }
-                Fetched::Page(Err(error)) => break Err(Error::feed(error)),
+                Fetched::Page(Err(error)) => break Err(Error::feed(&self.name, error)),
             };
 
             let changes = changes(&previous, page.next_cursors());

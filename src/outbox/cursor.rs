@@ -2,6 +2,7 @@
 //! decimal numbers joined by `.`.
 
 use crate::protocol::Cursor;
+use crate::server::ReadError;
 
 /// Writes an order key (one or more non-negative numbers) as a cursor.
 pub(crate) fn encode<const N: usize>(key: [u64; N]) -> Cursor {
@@ -33,6 +34,26 @@ pub(crate) fn decode<const N: usize>(cursor: &Cursor) -> Option<[u64; N]> {
         *slot = part.parse().ok()?;
     }
     parts.next().is_none().then_some(key)
+}
+
+/// The refusal of `partition`'s cursor `key`, which names no row: it
+/// expired if rows after it were deleted (it lies below the last row that
+/// `prune` deleted, or below the oldest row kept), and is unknown if not.
+pub(crate) fn refusal<const N: usize>(
+    partition: u32,
+    key: [u64; N],
+    oldest: Option<[u64; N]>,
+    pruned: Option<[u64; N]>,
+) -> ReadError {
+    let below = |bound: Option<[u64; N]>| bound.is_some_and(|bound| key < bound);
+    if below(pruned) || below(oldest) {
+        ReadError::ExpiredCursor {
+            partition,
+            oldest: oldest.map(encode),
+        }
+    } else {
+        ReadError::UnknownCursor { partition }
+    }
 }
 
 #[cfg(test)]

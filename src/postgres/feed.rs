@@ -152,9 +152,10 @@ impl PostgresFeed {
         Ok((starts, opening))
     }
 
-    /// The heads of the `lasts` partitions; fails with `UnknownCursor`
-    /// for the first of `unproven` that names no servable row. On
-    /// `connection`, or with the feed's shared look and a pooled connection.
+    /// The heads of the `lasts` partitions; fails for the first of
+    /// `unproven` that names no servable row, with `ExpiredCursor` if rows
+    /// after it were deleted, `UnknownCursor` if not. On `connection`, or
+    /// with the feed's shared look and a pooled connection.
     async fn prove(
         &self,
         connection: Option<&mut PgConnection>,
@@ -162,10 +163,11 @@ impl PostgresFeed {
         unproven: &[(u32, [u64; 2])],
     ) -> Result<Vec<Heads>, ReadError> {
         let table = &self.outbox.table;
-        let (heads, handed_out) = match connection {
+        match connection {
             Some(connection) => {
                 let heads = ordered_heads(&mut *connection, &table.sql.heads, lasts).await?;
-                (heads, self.handed_out(connection, unproven).await?)
+                self.check_handed_out(connection, unproven).await?;
+                Ok(heads)
             }
             None => {
                 let heads = if lasts.is_empty() {
@@ -177,24 +179,49 @@ impl PostgresFeed {
                         .await?;
                     heads
                 };
-                let handed_out = if unproven.is_empty() {
-                    Vec::new()
-                } else {
+                if !unproven.is_empty() {
                     let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
-                    self.handed_out(&mut connection, unproven).await?
-                };
-                (heads, handed_out)
+                    self.check_handed_out(&mut connection, unproven).await?;
+                }
+                Ok(heads)
             }
-        };
-        match unproven
+        }
+    }
+
+    /// Fails for the first cursor of `named` that names no servable row
+    /// (nor the last row `prune` deleted): `ExpiredCursor` if it lies below
+    /// what its partition keeps, `UnknownCursor` if not.
+    async fn check_handed_out(
+        &self,
+        connection: &mut PgConnection,
+        named: &[(u32, [u64; 2])],
+    ) -> Result<(), ReadError> {
+        let handed_out = self.handed_out(&mut *connection, named).await?;
+        let Some(&(partition, key)) = named
             .iter()
             .find(|(partition, _)| !handed_out.contains(partition))
-        {
-            Some((partition, _)) => Err(ReadError::UnknownCursor {
-                partition: *partition,
-            }),
-            None => Ok(heads),
-        }
+        else {
+            return Ok(());
+        };
+        let kept: Option<(Option<i64>, Option<i64>, Option<i64>, Option<i64>)> =
+            sqlx::query_as(&self.outbox.table.sql.kept)
+                .bind(vec![partition as i32])
+                .fetch_optional(connection)
+                .await
+                .map_err(ReadError::internal)?
+                .map(
+                    |row: (i32, Option<i64>, Option<i64>, Option<i64>, Option<i64>)| {
+                        (row.1, row.2, row.3, row.4)
+                    },
+                );
+        let (oldest_tx, oldest_pos, pruned_tx, pruned_pos) = kept.unwrap_or_default();
+        let oldest = oldest_tx
+            .zip(oldest_pos)
+            .map(|(tx, pos)| [tx as u64, pos as u64]);
+        let pruned = pruned_tx
+            .zip(pruned_pos)
+            .map(|(tx, pos)| [tx as u64, pos as u64]);
+        Err(cursor::refusal(partition, key, oldest, pruned))
     }
 
     /// The partitions of `named` whose cursor names a servable row.

@@ -9,7 +9,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use super::feed::PostgresFeed;
 use super::notifier::NotifyAfterCommit;
 use crate::outbox::table::OutboxTable;
-use crate::outbox::{OutboxError, OutboxEvent, TableName};
+use crate::outbox::{OutboxError, OutboxEvent, Pruned, Retention, TableName, prune_partitions};
 
 /// The statements, with `{table}` standing for the table name. The crate
 /// runs these and nothing else; the module docs show each of them.
@@ -22,7 +22,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     position bigint GENERATED ALWAYS AS IDENTITY,
     headers json,
     data json NOT NULL,
+    appended_at timestamptz NOT NULL DEFAULT statement_timestamp(),
     PRIMARY KEY (partition, txid, position)
+);
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS appended_at timestamptz NOT NULL DEFAULT statement_timestamp();
+CREATE TABLE IF NOT EXISTS {table}_pruned (
+    partition integer PRIMARY KEY,
+    txid xid8 NOT NULL,
+    position bigint NOT NULL
 );";
 
     /// Serializes concurrent `migrate` calls.
@@ -107,8 +114,66 @@ SELECT asked.partition, EXISTS (
     SELECT 1 FROM {table}
     WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
       AND txid < pg_snapshot_xmin(pg_current_snapshot())
+) OR EXISTS (
+    SELECT 1 FROM {table}_pruned
+    WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
 ) AS handed_out
 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, pos)";
+
+    /// For each partition of `$1` (whose cursor named no row), its oldest
+    /// kept row and the last row that `prune` deleted, `NULL`s where there
+    /// is none: a cursor below either has lost events and expired.
+    pub(crate) const KEPT: &str = "\
+SELECT asked.partition, oldest.tx, oldest.pos, pruned.tx, pruned.pos
+FROM unnest($1::integer[]) AS asked (partition)
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}
+    WHERE partition = asked.partition
+    ORDER BY txid, position
+    LIMIT 1
+) AS oldest ON true
+LEFT JOIN LATERAL (
+    SELECT txid::text::bigint AS tx, position AS pos
+    FROM {table}_pruned
+    WHERE partition = asked.partition
+) AS pruned ON true";
+
+    /// One batch of `prune` in partition `$1`: at most `$4` of its oldest
+    /// servable rows, below its `$2 + 1`-th newest row, and appended more
+    /// than `$3` milliseconds ago (when not `NULL`) like every row before
+    /// them; the last one deleted
+    /// is remembered, so that a cursor naming it stays valid.
+    pub(crate) const PRUNE: &str = "\
+WITH kept AS (
+    SELECT txid, position FROM {table}
+    WHERE partition = $1
+    ORDER BY txid DESC, position DESC
+    OFFSET $2 LIMIT 1
+), oldest AS (
+    SELECT t.txid, t.position,
+        bool_and($3::bigint IS NULL
+            OR t.appended_at < statement_timestamp() - $3 * interval '1 millisecond')
+            OVER (ORDER BY t.txid, t.position) AS old
+    FROM {table} AS t, kept
+    WHERE t.partition = $1 AND (t.txid, t.position) < (kept.txid, kept.position)
+      AND t.txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY t.txid, t.position
+    LIMIT $4
+), deleted AS (
+    DELETE FROM {table} AS t USING oldest
+    WHERE oldest.old AND t.partition = $1
+      AND t.txid = oldest.txid AND t.position = oldest.position
+    RETURNING t.txid, t.position
+), remembered AS (
+    INSERT INTO {table}_pruned AS p (partition, txid, position)
+    SELECT $1, txid, position FROM deleted
+    ORDER BY txid DESC, position DESC
+    LIMIT 1
+    ON CONFLICT (partition) DO UPDATE SET txid = excluded.txid, position = excluded.position
+    WHERE (p.txid, p.position) < (excluded.txid, excluded.position)
+)
+SELECT count(*) FROM deleted";
 
     #[cfg(test)]
     #[test]
@@ -125,12 +190,16 @@ FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, 
             READ,
             HEADS,
             HANDED_OUT,
+            KEPT,
+            PRUNE,
         ];
         crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
     }
 
     /// The statements for one table.
     pub(crate) struct Statements {
+        pub(crate) kept: String,
+        pub(crate) prune: String,
         pub(crate) schema: String,
         pub(crate) append: String,
         pub(crate) append_batch: String,
@@ -201,6 +270,8 @@ impl PostgresOutbox {
             read: fill(sql::READ),
             heads: fill(sql::HEADS),
             handed_out: fill(sql::HANDED_OUT),
+            kept: fill(sql::KEPT),
+            prune: fill(sql::PRUNE),
         });
         PostgresOutbox {
             table: Arc::new(table),
@@ -349,6 +420,23 @@ impl PostgresOutbox {
             .execute(connection)
             .await?;
         Ok(partitions)
+    }
+
+    /// Deletes what `retention` does not keep, in batches of short
+    /// statements on `pool`: safe while feeds serve and writers append (see
+    /// [`Retention`] for what it deletes, and what consumers behind it get).
+    pub async fn prune(&self, pool: &PgPool, retention: &Retention) -> Result<Pruned, OutboxError> {
+        prune_partitions(retention, self.partition_count(), |partition| async move {
+            let deleted: i64 = sqlx::query_scalar(&self.table.sql.prune)
+                .bind(partition as i32)
+                .bind(retention.keep_offset())
+                .bind(retention.age_millis())
+                .bind(i64::from(retention.batch()))
+                .fetch_one(pool)
+                .await?;
+            Ok(deleted as u64)
+        })
+        .await
     }
 
     /// The feed of this table, reading with connections of `pool`.

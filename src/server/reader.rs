@@ -5,7 +5,7 @@ use futures_core::Stream;
 use tokio::time::Instant;
 
 use crate::BoxError;
-use crate::protocol::{FeedItem, FeedRequest};
+use crate::protocol::{Cursor, FeedItem, FeedRequest};
 
 /// The source of a feed's pages: what a publisher implements over its store.
 ///
@@ -129,6 +129,17 @@ pub enum ReadError {
         /// The partition whose cursor is unknown.
         partition: u32,
     },
+    /// The cursor given for this partition is well formed, but the events
+    /// after it are no longer kept (retention pruned them, or an operator
+    /// deleted them): answered with `410 Gone`, so that the consumer can
+    /// tell "fell behind retention" from a cursor of its own making.
+    ExpiredCursor {
+        /// The partition whose cursor expired.
+        partition: u32,
+        /// The cursor of the oldest event the partition still keeps, if it
+        /// keeps any.
+        oldest: Option<Cursor>,
+    },
     /// The store failed. Answered with a generic `500` before the first
     /// line, or by aborting the response after it; the detail is logged,
     /// never sent.
@@ -148,6 +159,18 @@ impl fmt::Display for ReadError {
             ReadError::UnknownCursor { partition } => {
                 write!(f, "cursor of partition {partition} was never handed out")
             }
+            ReadError::ExpiredCursor { partition, oldest } => {
+                write!(
+                    f,
+                    "parameter \"cursor{partition}\": expired: the feed no longer keeps the \
+                     events after this cursor ("
+                )?;
+                match oldest {
+                    Some(oldest) => write!(f, "the oldest it keeps is {oldest}")?,
+                    None => f.write_str("the partition keeps none")?,
+                }
+                f.write_str("); read the partition from _first to start again")
+            }
             ReadError::Internal(error) => write!(f, "feed reader failed: {error}"),
         }
     }
@@ -156,7 +179,7 @@ impl fmt::Display for ReadError {
 impl std::error::Error for ReadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ReadError::UnknownCursor { .. } => None,
+            ReadError::UnknownCursor { .. } | ReadError::ExpiredCursor { .. } => None,
             ReadError::Internal(error) => Some(&**error),
         }
     }

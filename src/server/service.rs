@@ -433,6 +433,10 @@ fn read_error<S>(error: ReadError) -> Response<FeedBody<S>> {
         ReadError::UnknownCursor { partition } => {
             bad_request(&RequestError::UnknownCursor { partition })
         }
+        expired @ ReadError::ExpiredCursor { .. } => {
+            tracing::debug!(error = %expired, "refused an expired cursor");
+            text_response(StatusCode::GONE, expired.to_string())
+        }
         error => {
             tracing::error!(%error, "feed reader failed before the first line");
             text_response(

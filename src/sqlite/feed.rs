@@ -125,22 +125,31 @@ impl SqliteFeed {
             };
             return Ok((last.unwrap_or(0), Some(Checkpoint::new(partition, at))));
         }
-        let unknown = ReadError::UnknownCursor { partition };
         let Some(position) = cursor::decode::<1>(cursor).and_then(|[p]| i64::try_from(p).ok())
         else {
-            return Err(unknown);
+            return Err(ReadError::UnknownCursor { partition });
         };
         let handed_out: bool = sqlx::query_scalar(&table.sql.handed_out)
             .bind(i64::from(partition))
             .bind(position)
-            .fetch_one(connection)
+            .fetch_one(&mut *connection)
             .await
             .map_err(ReadError::internal)?;
         if handed_out {
-            Ok((position, None))
-        } else {
-            Err(unknown)
+            return Ok((position, None));
         }
+        let (oldest, pruned): (Option<i64>, Option<i64>) = sqlx::query_as(&table.sql.kept)
+            .bind(i64::from(partition))
+            .fetch_one(connection)
+            .await
+            .map_err(ReadError::internal)?;
+        let key = |position: Option<i64>| position.map(|position| [position as u64]);
+        Err(cursor::refusal(
+            partition,
+            [position as u64],
+            key(oldest),
+            key(pruned),
+        ))
     }
 }
 

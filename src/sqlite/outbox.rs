@@ -8,7 +8,7 @@ use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
 
 use super::feed::SqliteFeed;
 use crate::outbox::table::OutboxTable;
-use crate::outbox::{OutboxError, OutboxEvent, TableName};
+use crate::outbox::{OutboxError, OutboxEvent, Pruned, Retention, TableName, prune_partitions};
 use crate::server::AppendSignal;
 
 /// The statements, with `{table}` standing for the table name. The crate
@@ -20,9 +20,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     position INTEGER PRIMARY KEY AUTOINCREMENT,
     partition INTEGER NOT NULL CHECK (partition >= 0),
     headers TEXT CHECK (headers IS NULL OR json_valid(headers)),
-    data TEXT NOT NULL CHECK (json_valid(data))
+    data TEXT NOT NULL CHECK (json_valid(data)),
+    appended_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
 );
-CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position);";
+CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position);
+CREATE TABLE IF NOT EXISTS {table}_pruned (
+    partition INTEGER PRIMARY KEY,
+    position INTEGER NOT NULL
+);";
 
     /// One event.
     pub(crate) const APPEND: &str =
@@ -55,18 +60,67 @@ FROM (
 
     /// Whether a cursor names a row of the partition: only those were
     /// handed out.
-    pub(crate) const HANDED_OUT: &str =
-        "SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)";
+    pub(crate) const HANDED_OUT: &str = "\
+SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)
+    OR EXISTS (SELECT 1 FROM {table}_pruned WHERE partition = ?1 AND position = ?2)";
+
+    /// A partition's oldest kept position and the last one that `prune`
+    /// deleted (`NULL`s where there is none): a cursor below either has
+    /// lost events and expired.
+    pub(crate) const KEPT: &str = "\
+SELECT (SELECT min(position) FROM {table} WHERE partition = ?1),
+    (SELECT position FROM {table}_pruned WHERE partition = ?1)";
+
+    /// One batch of `prune` in partition `?1`: at most `?4` of its oldest
+    /// rows, below its `?2 + 1`-th newest row, and appended more than `?3`
+    /// milliseconds ago (when not `NULL`) like every row before them.
+    pub(crate) const PRUNE: &str = "\
+DELETE FROM {table} WHERE position IN (
+    SELECT position FROM (
+        SELECT t.position,
+            min(?3 IS NULL OR t.appended_at
+                < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ?3)
+                OVER (ORDER BY t.position) AS old
+        FROM {table} AS t
+        WHERE t.partition = ?1 AND t.position < (
+            SELECT position FROM {table} WHERE partition = ?1
+            ORDER BY position DESC LIMIT 1 OFFSET ?2
+        )
+        ORDER BY t.position
+        LIMIT ?4
+    )
+    WHERE old
+)
+RETURNING position";
+
+    /// Remembers the last position `prune` deleted in partition `?1`, so
+    /// that a cursor naming it stays valid.
+    pub(crate) const REMEMBER_PRUNED: &str = "\
+INSERT INTO {table}_pruned (partition, position) VALUES (?1, ?2)
+ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position)";
 
     #[cfg(test)]
     #[test]
     fn the_module_docs_show_every_statement() {
-        let statements = [SCHEMA, APPEND, READ, LAST, HANDED_OUT, NEWS];
+        let statements = [
+            SCHEMA,
+            APPEND,
+            READ,
+            LAST,
+            HANDED_OUT,
+            KEPT,
+            PRUNE,
+            REMEMBER_PRUNED,
+            NEWS,
+        ];
         crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
     }
 
     /// The statements of one table, filled in.
     pub(crate) struct Statements {
+        pub(crate) kept: String,
+        pub(crate) prune: String,
+        pub(crate) remember_pruned: String,
         pub(crate) schema: String,
         pub(crate) append: String,
         pub(crate) read: String,
@@ -145,6 +199,9 @@ impl SqliteOutbox {
             read: fill(sql::READ),
             last: fill(sql::LAST),
             handed_out: fill(sql::HANDED_OUT),
+            kept: fill(sql::KEPT),
+            prune: fill(sql::PRUNE),
+            remember_pruned: fill(sql::REMEMBER_PRUNED),
             news: fill(sql::NEWS),
         });
         SqliteOutbox {
@@ -248,6 +305,37 @@ impl SqliteOutbox {
             true
         });
         Ok(())
+    }
+
+    /// Deletes what `retention` does not keep, in batches of short
+    /// transactions on `pool`: safe while feeds serve and writers append
+    /// (see [`Retention`] for what it deletes, and what consumers behind it
+    /// get).
+    pub async fn prune(
+        &self,
+        pool: &SqlitePool,
+        retention: &Retention,
+    ) -> Result<Pruned, OutboxError> {
+        prune_partitions(retention, self.partition_count(), |partition| async move {
+            let mut tx = pool.begin().await?;
+            let deleted: Vec<i64> = sqlx::query_scalar(&self.table.sql.prune)
+                .bind(i64::from(partition))
+                .bind(retention.keep_offset())
+                .bind(retention.age_millis())
+                .bind(i64::from(retention.batch()))
+                .fetch_all(&mut *tx)
+                .await?;
+            if let Some(last) = deleted.iter().max() {
+                sqlx::query(&self.table.sql.remember_pruned)
+                    .bind(i64::from(partition))
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(deleted.len() as u64)
+        })
+        .await
     }
 
     /// The feed of this table, reading with connections of `pool`.
