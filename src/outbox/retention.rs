@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::OutboxError;
 
-/// What [`prune`](crate::server::PostgresOutbox::prune) keeps of an outbox.
+/// What `prune` (of `SqliteOutbox` or `PostgresOutbox`) keeps of an outbox.
 ///
 /// ```
 /// use std::time::Duration;
@@ -162,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn each_partition_is_pruned_until_a_batch_comes_short() {
         let retention = Retention::keep_last(1).with_batch(10);
-        let mut left = vec![25u64, 0, 10];
+        let mut left = [25u64, 0, 10];
         let mut calls = Vec::new();
         let pruned = prune_partitions(&retention, 3, |partition| {
             calls.push(partition);

@@ -203,18 +203,14 @@ impl PostgresFeed {
         else {
             return Ok(());
         };
-        let kept: Option<(Option<i64>, Option<i64>, Option<i64>, Option<i64>)> =
-            sqlx::query_as(&self.outbox.table.sql.kept)
-                .bind(vec![partition as i32])
-                .fetch_optional(connection)
-                .await
-                .map_err(ReadError::internal)?
-                .map(
-                    |row: (i32, Option<i64>, Option<i64>, Option<i64>, Option<i64>)| {
-                        (row.1, row.2, row.3, row.4)
-                    },
-                );
-        let (oldest_tx, oldest_pos, pruned_tx, pruned_pos) = kept.unwrap_or_default();
+        // One row for the one partition asked: its oldest row, and the last
+        // row `prune` deleted there.
+        let kept: KeptRow = sqlx::query_as(&self.outbox.table.sql.kept)
+            .bind(vec![partition as i32])
+            .fetch_one(connection)
+            .await
+            .map_err(ReadError::internal)?;
+        let (_, oldest_tx, oldest_pos, pruned_tx, pruned_pos) = kept;
         let oldest = oldest_tx
             .zip(oldest_pos)
             .map(|(tx, pos)| [tx as u64, pos as u64]);
@@ -360,6 +356,10 @@ enum Woken {
 
 /// Each requested partition with the key of the last row not to send.
 type Starts = Vec<(u32, [u64; 2])>;
+
+/// A row of the `KEPT` statement: the partition, its oldest row's txid and
+/// position, and those of the last row `prune` deleted there.
+type KeptRow = (i32, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 /// Runs the heads statement for `partitions` on `connection`, in their
 /// order.
