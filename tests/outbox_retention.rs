@@ -85,6 +85,24 @@ impl Outbox {
                 let mut tx = pool.begin().await.unwrap();
                 outbox.append_batch(&mut tx, &events).await.unwrap();
                 tx.commit().await.unwrap();
+                // Other tests' transactions on the same server hold the
+                // horizon for a moment: wait until these rows are below it,
+                // so that what follows sees them as consumers will.
+                let deadline = tokio::time::Instant::now() + support::transport::LIVENESS;
+                loop {
+                    let held: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM events \
+                         WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())",
+                    )
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                    if held == 0 {
+                        break;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "the horizon never passed");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         }
     }
