@@ -134,8 +134,8 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let ours_pg = end_to_end(outbox.feed(pg.clone()).service(), total).await?;
     let bare = bare_select(
         &pg,
-        "SELECT txid::text::bigint, position, data::text, headers::text FROM events \
-         WHERE partition = $1 ORDER BY txid, position",
+        "SELECT position, data::text, headers::text FROM events \
+         WHERE partition = $1 ORDER BY position",
         total,
     )
     .await?;
@@ -157,7 +157,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let ours_sqlite = end_to_end(sqlite_outbox.feed(sqlite.clone()).service(), total).await?;
     let bare_sqlite = bare_select(
         &sqlite,
-        "SELECT position, partition, data, headers FROM events \
+        "SELECT position, data, headers FROM events \
          WHERE partition = ?1 ORDER BY position",
         total,
     )
@@ -183,7 +183,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     // the same depth.
     sqlx::query(
         "INSERT INTO plain_events (partition, headers, data) \
-         SELECT partition, headers, data FROM events ORDER BY txid, position",
+         SELECT partition, headers, data FROM events ORDER BY position",
     )
     .execute(&pg)
     .await?;
@@ -443,7 +443,7 @@ where
         let mut stream = sqlx::query::<DB>(select).bind(partition as i32).fetch(pool);
         while let Some(row) = stream.next().await {
             let row = row?;
-            let data: &str = row.try_get(2)?;
+            let data: &str = row.try_get(1)?;
             bytes += data.len();
             rows += 1;
         }

@@ -287,16 +287,12 @@ mod postgres {
         let feed = outbox.feed(pool);
         let service = feed.service().max_wait(LONG_WAIT);
 
-        // An older transaction that has written, still running: rows
-        // committed after it started stay above the horizon.
+        // An outbox writer that drew a lower position, still running: rows
+        // committed after it stay above the horizon.
         let mut holder = PgConnection::connect(&db.url).await.unwrap();
-        sqlx::raw_sql("CREATE TABLE scratch (x integer)")
-            .execute(&mut holder)
-            .await
-            .unwrap();
         let mut held = holder.begin().await.unwrap();
-        sqlx::raw_sql("INSERT INTO scratch VALUES (1)")
-            .execute(&mut *held)
+        outbox
+            .append(&mut held, &OutboxEvent::in_partition(1, data(0)))
             .await
             .unwrap();
 

@@ -1,5 +1,5 @@
-//! The feed of a PostgreSQL outbox: pages read below the transaction
-//! horizon, and waits woken by `LISTEN`.
+//! The feed of a PostgreSQL outbox: pages read up to the horizon of the
+//! announced writers, and waits woken by `LISTEN`.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -26,9 +26,22 @@ use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadErro
 /// the page, given back when the page ends or the consumer goes away), with
 /// one query per requested partition, in turn, each streamed row by row; the page size is shared among
 /// the partitions as [`MemoryFeed`](crate::server::MemoryFeed) shares it.
-/// A cursor is the row's `txid` and `position`, in decimal, joined by `.`;
-/// a cursor that names no servable row of its partition is
-/// [`ReadError::UnknownCursor`]. `_last` starts at the last servable row.
+/// A cursor is the row's `position`, in decimal; a cursor that names no
+/// servable row of its partition is [`ReadError::UnknownCursor`]. `_last`
+/// starts at the last servable row.
+///
+/// # The horizon
+///
+/// Positions are drawn at insert, and transactions commit in any order: a
+/// row may commit after a row with a higher position was served. So every
+/// writer announces itself before it draws (a shared advisory lock whose
+/// key says how far the sequence was), and each page first reads the
+/// *horizon*: every position drawn so far, less than the lowest an
+/// announced writer still running may hold. It serves only rows at or
+/// below it. Only outbox writers count: a transaction that never wrote the
+/// table, in this database or another, prepared or not, never holds a feed
+/// back. A long transaction that did write it holds its feed back until it
+/// ends; it never loses an event.
 ///
 /// # Long polling
 ///
@@ -43,9 +56,9 @@ use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadErro
 /// that one commit wakes cost one query between them, and each then reads
 /// only the partitions that have news; woken requests for the same page
 /// (caught-up consumers at the same cursors) share one read of it, of at
-/// most 1,000 events. A committed row that
-/// waits for the horizon (an older transaction still running) is looked
-/// at again after a backoff of 1 to 50 ms, never in a busy loop. If the
+/// most 1,000 events. A committed row that waits for the horizon (a writer
+/// that drew a lower position still running) is looked at again after a
+/// backoff of 1 to 50 ms, never in a busy loop. If the
 /// `LISTEN` connection drops, waiting requests look every 250 ms until a
 /// new one is listening.
 #[derive(Clone)]
@@ -92,6 +105,15 @@ impl PostgresFeed {
         &self.signal
     }
 
+    /// The highest position the feed may serve now: see [the
+    /// horizon](Self#the-horizon). Every row at or below it that will ever
+    /// commit is visible to a statement that starts after this call.
+    pub async fn horizon(&self) -> Result<u64, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        let horizon = horizon(&mut connection, &self.outbox.table.sql.horizon).await?;
+        Ok(horizon)
+    }
+
     /// Where reading each requested partition starts (the key of the last
     /// row not to send), in the request's order, and the checkpoints to
     /// send first for `_last`. At most two statements: one for the
@@ -100,7 +122,7 @@ impl PostgresFeed {
     /// feed's shared look and a pooled connection.
     async fn starts(
         &self,
-        connection: Option<&mut PgConnection>,
+        connection: Option<(&mut PgConnection, u64)>,
         cursors: &[(u32, Cursor)],
     ) -> Result<(Starts, Vec<Checkpoint>), ReadError> {
         let table = &self.outbox.table;
@@ -113,13 +135,14 @@ impl PostgresFeed {
             let partition = *partition;
             check_partition(partition, table.partition_count())?;
             let start = if cursor.is_first() {
-                [0, 0]
+                0
             } else if cursor.is_last() {
                 lasts.push(partition);
-                [0, 0]
+                0
             } else {
-                let key = cursor::decode::<2>(cursor)
-                    .filter(|key| key.iter().all(|part| i64::try_from(*part).is_ok()));
+                let key = cursor::decode::<1>(cursor)
+                    .map(|[position]| position)
+                    .filter(|position| i64::try_from(*position).is_ok());
                 let Some(key) = key else {
                     // Not ours; but a cursor before it that names no row
                     // is the first error of the request.
@@ -142,8 +165,10 @@ impl PostgresFeed {
         // `_last` starts at the last servable row, and says so first.
         let mut opening = Vec::with_capacity(lasts.len());
         for (partition, heads) in lasts.iter().zip(&last_heads) {
-            let start = heads.servable.unwrap_or([0, 0]);
-            let at = heads.servable.map_or_else(Cursor::first, cursor::encode);
+            let start = heads.servable.unwrap_or(0);
+            let at = heads
+                .servable
+                .map_or_else(Cursor::first, |position| cursor::encode([position]));
             opening.push(Checkpoint::new(*partition, at));
             if let Some(slot) = starts.iter_mut().find(|(p, _)| p == partition) {
                 slot.1 = start;
@@ -158,30 +183,32 @@ impl PostgresFeed {
     /// with the feed's shared look and a pooled connection.
     async fn prove(
         &self,
-        connection: Option<&mut PgConnection>,
+        connection: Option<(&mut PgConnection, u64)>,
         lasts: &[u32],
-        unproven: &[(u32, [u64; 2])],
+        unproven: &[(u32, u64)],
     ) -> Result<Vec<Heads>, ReadError> {
         let table = &self.outbox.table;
         match connection {
-            Some(connection) => {
-                let heads = ordered_heads(&mut *connection, &table.sql.heads, lasts).await?;
-                self.check_handed_out(connection, unproven).await?;
+            Some((connection, horizon)) => {
+                let heads =
+                    ordered_heads(&mut *connection, &table.sql.heads, horizon, lasts).await?;
+                self.check_handed_out(connection, horizon, unproven).await?;
                 Ok(heads)
             }
             None => {
                 let heads = if lasts.is_empty() {
                     Vec::new()
                 } else {
-                    let (_, heads) = self
-                        .looks
-                        .heads(&self.pool, &table.sql.heads, lasts)
-                        .await?;
+                    let (_, heads) = self.looks.heads(&self.pool, &table.sql, lasts).await?;
                     heads
                 };
                 if !unproven.is_empty() {
                     let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
-                    self.check_handed_out(&mut connection, unproven).await?;
+                    let horizon = horizon(&mut connection, &table.sql.horizon)
+                        .await
+                        .map_err(ReadError::internal)?;
+                    self.check_handed_out(&mut connection, horizon, unproven)
+                        .await?;
                 }
                 Ok(heads)
             }
@@ -194,10 +221,11 @@ impl PostgresFeed {
     async fn check_handed_out(
         &self,
         connection: &mut PgConnection,
-        named: &[(u32, [u64; 2])],
+        horizon: u64,
+        named: &[(u32, u64)],
     ) -> Result<(), ReadError> {
-        let handed_out = self.handed_out(&mut *connection, named).await?;
-        let Some(&(partition, key)) = named
+        let handed_out = self.handed_out(&mut *connection, horizon, named).await?;
+        let Some(&(partition, position)) = named
             .iter()
             .find(|(partition, _)| !handed_out.contains(partition))
         else {
@@ -210,32 +238,32 @@ impl PostgresFeed {
             .fetch_one(connection)
             .await
             .map_err(ReadError::internal)?;
-        let (_, oldest_tx, oldest_pos, pruned_tx, pruned_pos) = kept;
-        let oldest = oldest_tx
-            .zip(oldest_pos)
-            .map(|(tx, pos)| [tx as u64, pos as u64]);
-        let pruned = pruned_tx
-            .zip(pruned_pos)
-            .map(|(tx, pos)| [tx as u64, pos as u64]);
-        Err(cursor::refusal(partition, key, oldest, pruned))
+        let (_, oldest, pruned) = kept;
+        let key = |position: Option<i64>| position.map(|position| [position as u64]);
+        Err(cursor::refusal(
+            partition,
+            [position],
+            key(oldest),
+            key(pruned),
+        ))
     }
 
     /// The partitions of `named` whose cursor names a servable row.
     async fn handed_out(
         &self,
         connection: &mut PgConnection,
-        named: &[(u32, [u64; 2])],
+        horizon: u64,
+        named: &[(u32, u64)],
     ) -> Result<Vec<u32>, ReadError> {
         if named.is_empty() {
             return Ok(Vec::new());
         }
         let partitions: Vec<i32> = named.iter().map(|(p, _)| *p as i32).collect();
-        let txids: Vec<i64> = named.iter().map(|(_, key)| key[0] as i64).collect();
-        let positions: Vec<i64> = named.iter().map(|(_, key)| key[1] as i64).collect();
+        let positions: Vec<i64> = named.iter().map(|(_, key)| *key as i64).collect();
         let rows: Vec<(i32, bool)> = sqlx::query_as(&self.outbox.table.sql.handed_out)
             .bind(partitions)
-            .bind(txids)
             .bind(positions)
+            .bind(horizon as i64)
             .fetch_all(connection)
             .await
             .map_err(ReadError::internal)?;
@@ -261,7 +289,7 @@ impl PostgresFeed {
         wait_for_rows(&self.signal, context, || async {
             let look = self
                 .looks
-                .heads(&self.pool, &self.outbox.table.sql.heads, &partitions);
+                .heads(&self.pool, &self.outbox.table.sql, &partitions);
             // A look held up (a pool with no connection to spare, a lock on
             // the table) ends with the wait: the page is read at once.
             let looked = match deadline {
@@ -293,12 +321,17 @@ impl PostgresFeed {
         )
     }
 
-    /// Opens a page's transaction.
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, ReadError> {
-        self.pool
+    /// Opens a page's transaction, and reads the horizon in it first.
+    async fn begin(&self) -> Result<(Transaction<'static, Postgres>, u64), ReadError> {
+        let mut tx = self
+            .pool
             .begin_with(sql::PAGE_BEGIN)
             .await
-            .map_err(ReadError::internal)
+            .map_err(ReadError::internal)?;
+        let horizon = horizon(&mut tx, &self.outbox.table.sql.horizon)
+            .await
+            .map_err(ReadError::internal)?;
+        Ok((tx, horizon))
     }
 
     /// The page that `tx` reads: the `opening` checkpoints, then each
@@ -306,7 +339,7 @@ impl PostgresFeed {
     /// among them.
     fn stream_page(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        (mut tx, horizon): (Transaction<'static, Postgres>, u64),
         opening: Vec<Checkpoint>,
         starts: Starts,
         selection: HeaderSelection,
@@ -318,23 +351,23 @@ impl PostgresFeed {
             for checkpoint in opening {
                 emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
             }
-            for (partition, [txid, position]) in starts {
+            for (partition, position) in starts {
                 let share = budget.next_share();
                 let mut taken = 0;
                 if share > 0 {
                     let mut rows = sqlx::query(&table.sql.read)
                         .bind(partition as i32)
-                        .bind(txid as i64)
                         .bind(position as i64)
                         .bind(i64::try_from(share).unwrap_or(i64::MAX))
+                        .bind(horizon as i64)
                         .fetch(&mut *tx);
                     while let Some(row) = poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
                         let row = row.map_err(ReadError::internal)?;
                         let key = row_key(&row)?;
-                        let data: String = row.try_get(2).map_err(ReadError::internal)?;
-                        let headers: Option<&str> = row.try_get(3).map_err(ReadError::internal)?;
+                        let data: String = row.try_get(1).map_err(ReadError::internal)?;
+                        let headers: Option<&str> = row.try_get(2).map_err(ReadError::internal)?;
                         let event = row_event(partition, data, headers, &selection)?;
-                        emit_event(&emitter, event, cursor::encode(key)).await;
+                        emit_event(&emitter, event, cursor::encode([key])).await;
                         taken += 1;
                     }
                 }
@@ -355,23 +388,34 @@ enum Woken {
 }
 
 /// Each requested partition with the key of the last row not to send.
-type Starts = Vec<(u32, [u64; 2])>;
+type Starts = Vec<(u32, u64)>;
 
-/// A row of the `KEPT` statement: the partition, its oldest row's txid and
-/// position, and those of the last row `prune` deleted there.
-type KeptRow = (i32, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+/// A row of the `KEPT` statement: the partition, its oldest row's
+/// position, and the last position `prune` deleted there.
+type KeptRow = (i32, Option<i64>, Option<i64>);
+
+/// Runs the horizon statement on `connection`.
+pub(super) async fn horizon(
+    connection: &mut PgConnection,
+    statement: &str,
+) -> Result<u64, sqlx::Error> {
+    let horizon: Option<i64> = sqlx::query_scalar(statement).fetch_one(connection).await?;
+    // Below 0 (no position drawn yet): nothing to serve.
+    Ok(horizon.map_or(0, |horizon| horizon.max(0) as u64))
+}
 
 /// Runs the heads statement for `partitions` on `connection`, in their
 /// order.
 async fn ordered_heads(
     connection: &mut PgConnection,
     statement: &str,
+    horizon: u64,
     partitions: &[u32],
 ) -> Result<Vec<Heads>, ReadError> {
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let found = query_heads(connection, statement, partitions).await?;
+    let found = query_heads(connection, statement, horizon, partitions).await?;
     partitions
         .iter()
         .map(|partition| {
@@ -398,9 +442,17 @@ impl FeedReader for PostgresFeed {
         let request = context.request();
         let selection = request.headers().clone();
         if context.wait_deadline().is_none() {
-            let mut tx = self.begin().await?;
-            let (starts, opening) = self.starts(Some(&mut tx), request.cursors()).await?;
-            return Ok(self.stream_page(tx, opening, starts, selection, context.page_size()));
+            let (mut tx, horizon) = self.begin().await?;
+            let (starts, opening) = self
+                .starts(Some((&mut tx, horizon)), request.cursors())
+                .await?;
+            return Ok(self.stream_page(
+                (tx, horizon),
+                opening,
+                starts,
+                selection,
+                context.page_size(),
+            ));
         }
         // Single statements, outside a transaction: the starts are fixed
         // (`_last` waits for what comes after now), and the wait holds no
@@ -440,12 +492,8 @@ impl FeedReader for PostgresFeed {
     }
 }
 
-/// The `(tx, pos)` order key of a row.
-fn row_key(row: &PgRow) -> Result<[u64; 2], ReadError> {
-    let txid: i64 = row.try_get(0).map_err(ReadError::internal)?;
-    let position: i64 = row.try_get(1).map_err(ReadError::internal)?;
-    match (u64::try_from(txid), u64::try_from(position)) {
-        (Ok(txid), Ok(position)) => Ok([txid, position]),
-        _ => Err(ReadError::internal("a negative transaction id or position")),
-    }
+/// The position of a row.
+fn row_key(row: &PgRow) -> Result<u64, ReadError> {
+    let position: i64 = row.try_get(0).map_err(ReadError::internal)?;
+    u64::try_from(position).map_err(|_| ReadError::internal("a negative position"))
 }

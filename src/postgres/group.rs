@@ -25,6 +25,7 @@ use std::hash::{BuildHasher, Hasher};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::Mutex;
 
+use super::locks::lock_space;
 use crate::consumer::ownership::share;
 use crate::consumer::store::{Group, StoreError};
 
@@ -56,7 +57,7 @@ impl AdvisoryGroup {
         )
         .execute(&mut session)
         .await?;
-        let space = namespace("member", consumer);
+        let space = lock_space("member", consumer);
         loop {
             let id = random_id();
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
@@ -85,7 +86,7 @@ impl AdvisoryGroup {
              AND classid = $1::bigint::oid \
              ORDER BY 1",
         )
-        .bind(i64::from(namespace("member", consumer)))
+        .bind(i64::from(lock_space("member", consumer)))
         .fetch_all(&mut *session)
         .await?;
         // objid is the lock key's bits as an unsigned number.
@@ -94,7 +95,7 @@ impl AdvisoryGroup {
             .position(|member| *member as u32 == id as u32)
             .unwrap_or(members.len());
         let wanted = share(partition_count, members.len().max(rank + 1), rank);
-        let space = namespace("partition", consumer);
+        let space = lock_space("partition", consumer);
 
         let give_up: Vec<i32> = owned
             .iter()
@@ -183,23 +184,7 @@ impl Group<Postgres> for AdvisoryGroup {
 /// tables take turns (written out in the store's dialect).
 #[cfg(test)]
 pub(super) fn migrate_space() -> i32 {
-    namespace("migrate", "")
-}
-
-/// The advisory-lock key space of `kind` for `consumer`: a 31-bit FNV-1a
-/// hash, stable across versions and platforms.
-fn namespace(kind: &str, consumer: &str) -> i32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in "zeroeventhub:"
-        .bytes()
-        .chain(kind.bytes())
-        .chain(b":".iter().copied())
-        .chain(consumer.bytes())
-    {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    (hash & 0x7fff_ffff) as i32
+    lock_space("migrate", "")
 }
 
 /// A random member id: std's `RandomState` is seeded randomly.
@@ -208,26 +193,4 @@ fn random_id() -> i32 {
         .build_hasher()
         .finish();
     (random & 0x7fff_ffff) as i32
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespaces_are_stable_and_apart() {
-        assert_eq!(
-            namespace("member", "billing"),
-            namespace("member", "billing")
-        );
-        assert_ne!(
-            namespace("member", "billing"),
-            namespace("partition", "billing")
-        );
-        assert_ne!(
-            namespace("member", "billing"),
-            namespace("member", "shipping")
-        );
-        assert!(namespace("partition", "x") >= 0);
-    }
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
+use super::feed::horizon;
+use super::outbox::sql::Statements;
 use crate::outbox::wait::Look;
 use crate::server::ReadError;
 
@@ -19,26 +21,26 @@ const WISH_LIST_COMPACTION: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Heads {
     /// The last servable row (below the horizon), if any.
-    pub(crate) servable: Option<[u64; 2]>,
+    pub(crate) servable: Option<u64>,
     /// The last committed row, servable or not, if any.
-    pub(crate) newest: Option<[u64; 2]>,
+    pub(crate) newest: Option<u64>,
 }
 
 impl Heads {
     /// Whether a request reading from `start` has a servable row to read.
-    pub(crate) fn has_news(&self, start: [u64; 2]) -> bool {
+    pub(crate) fn has_news(&self, start: u64) -> bool {
         self.servable.is_some_and(|head| head > start)
     }
 
     /// Whether rows past `start` are committed but not servable yet.
-    fn has_pending(&self, start: [u64; 2]) -> bool {
+    fn has_pending(&self, start: u64) -> bool {
         self.newest.is_some_and(|head| head > start)
     }
 }
 
 /// What a waiting request with these starts should do, given the heads of
 /// its partitions (in the same order).
-pub(crate) fn look_from(starts: &[(u32, [u64; 2])], heads: &[Heads]) -> Look {
+pub(crate) fn look_from(starts: &[(u32, u64)], heads: &[Heads]) -> Look {
     let pairs = || starts.iter().zip(heads);
     if pairs().any(|((_, start), heads)| heads.has_news(*start)) {
         Look::News
@@ -83,13 +85,12 @@ struct Seen {
 
 impl SharedLook {
     /// The heads of `partitions` (in this order), as a look sent after this
-    /// call saw them, and the number of that look. `statement` takes the
-    /// partitions as an array and returns, per partition, its servable and
-    /// newest row keys.
+    /// call saw them, and the number of that look: the horizon, then the
+    /// heads statement up to it, on one pooled connection.
     pub(crate) async fn heads(
         &self,
         pool: &PgPool,
-        statement: &str,
+        sql: &Statements,
         partitions: &[u32],
     ) -> Result<(u64, Vec<Heads>), ReadError> {
         let asked_after = self.started.load(Ordering::SeqCst);
@@ -116,7 +117,7 @@ impl SharedLook {
         asked.extend_from_slice(partitions);
         asked.sort_unstable();
         asked.dedup();
-        let found = match query_heads(pool, statement, &asked).await {
+        let found = match look_at_heads(pool, sql, &asked).await {
             Ok(found) => found,
             Err(error) => {
                 seen.failed = Some((look, Arc::from(error.to_string())));
@@ -186,16 +187,31 @@ fn fresh(
     Some((latest, heads))
 }
 
-/// Runs the heads statement (`statement`) for `partitions` on `executor`:
-/// each partition's heads.
+/// One look: the horizon, then the heads of `partitions` up to it.
+async fn look_at_heads(
+    pool: &PgPool,
+    sql: &Statements,
+    partitions: &[u32],
+) -> Result<HashMap<u32, Heads>, ReadError> {
+    let mut connection = pool.acquire().await.map_err(ReadError::internal)?;
+    let horizon = horizon(&mut connection, &sql.horizon)
+        .await
+        .map_err(ReadError::internal)?;
+    query_heads(&mut *connection, &sql.heads, horizon, partitions).await
+}
+
+/// Runs the heads statement (`statement`) for `partitions` on `executor`,
+/// up to `horizon`: each partition's heads.
 pub(crate) async fn query_heads<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     statement: &str,
+    horizon: u64,
     partitions: &[u32],
 ) -> Result<HashMap<u32, Heads>, ReadError> {
     let asked: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
     let rows = sqlx::query(statement)
         .bind(asked)
+        .bind(horizon as i64)
         .fetch_all(executor)
         .await
         .map_err(ReadError::internal)?;
@@ -210,25 +226,22 @@ fn heads_by_partition(rows: &[PgRow]) -> Result<HashMap<u32, Heads>, ReadError> 
             let partition = u32::try_from(partition)
                 .map_err(|_| ReadError::internal("a negative partition"))?;
             let heads = Heads {
-                servable: key_at(row, 1)?,
-                newest: key_at(row, 3)?,
+                servable: position_at(row, 1)?,
+                newest: position_at(row, 2)?,
             };
             Ok((partition, heads))
         })
         .collect()
 }
 
-/// The `(tx, pos)` key in columns `at` and `at + 1`, if the row has one.
-fn key_at(row: &PgRow, at: usize) -> Result<Option<[u64; 2]>, ReadError> {
-    let txid: Option<i64> = row.try_get(at).map_err(ReadError::internal)?;
-    let position: Option<i64> = row.try_get(at + 1).map_err(ReadError::internal)?;
-    match (txid, position) {
-        (Some(txid), Some(position)) => match (u64::try_from(txid), u64::try_from(position)) {
-            (Ok(txid), Ok(position)) => Ok(Some([txid, position])),
-            _ => Err(ReadError::internal("a negative transaction id or position")),
-        },
-        _ => Ok(None),
-    }
+/// The position in column `at`, if the row has one.
+fn position_at(row: &PgRow, at: usize) -> Result<Option<u64>, ReadError> {
+    let position: Option<i64> = row.try_get(at).map_err(ReadError::internal)?;
+    position
+        .map(|position| {
+            u64::try_from(position).map_err(|_| ReadError::internal("a negative position"))
+        })
+        .transpose()
 }
 
 #[cfg(test)]
@@ -243,27 +256,27 @@ mod tests {
     #[test]
     fn a_servable_head_past_the_start_is_news() {
         let heads = Heads {
-            servable: Some([5, 2]),
-            newest: Some([9, 1]),
+            servable: Some(52),
+            newest: Some(91),
         };
-        assert!(heads.has_news([5, 1]));
-        assert!(!heads.has_news([5, 2]));
-        assert_eq!(look_from(&[(0, [5, 1])], &[heads]), Look::News);
-        assert_eq!(look_from(&[(0, [5, 2])], &[heads]), Look::Pending);
-        assert_eq!(look_from(&[(0, [9, 1])], &[heads]), Look::Nothing);
+        assert!(heads.has_news(51));
+        assert!(!heads.has_news(52));
+        assert_eq!(look_from(&[(0, 51)], &[heads]), Look::News);
+        assert_eq!(look_from(&[(0, 52)], &[heads]), Look::Pending);
+        assert_eq!(look_from(&[(0, 91)], &[heads]), Look::Nothing);
     }
 
     #[test]
     fn news_in_any_partition_wins_over_pending_in_another() {
         let pending = Heads {
             servable: None,
-            newest: Some([3, 3]),
+            newest: Some(3),
         };
         let news = Heads {
-            servable: Some([4, 4]),
-            newest: Some([4, 4]),
+            servable: Some(4),
+            newest: Some(4),
         };
-        let starts = [(0, [0, 0]), (1, [0, 0])];
+        let starts = [(0, 0), (1, 0)];
         assert_eq!(look_from(&starts, &[pending, news]), Look::News);
         assert_eq!(look_from(&starts, &[pending, NONE]), Look::Pending);
         assert_eq!(look_from(&starts, &[NONE, NONE]), Look::Nothing);

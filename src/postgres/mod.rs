@@ -12,6 +12,7 @@
 //! | `listener.rs` | the `LISTEN` connection that wakes waiting requests |
 //! | `store.rs` | [`PostgresStore`]: the consumer's cursors |
 //! | `group.rs` | the advisory locks that share the partitions between instances |
+//! | `locks.rs` | the advisory-lock key spaces: groups, migrations, announced writers |
 //!
 //! The traps a maintainer must hold in mind:
 //!
@@ -39,6 +40,7 @@ mod group;
 mod heads;
 #[cfg(feature = "server")]
 mod listener;
+mod locks;
 #[cfg(feature = "server")]
 mod notifier;
 #[cfg(feature = "server")]

@@ -1,12 +1,14 @@
-//! The outbox over PostgreSQL: rows ordered by the writing transaction's id,
-//! served only below the oldest transaction still running.
+//! The outbox over PostgreSQL: rows ordered by a position drawn after the
+//! writer announced itself, served only below what a running writer can
+//! still add.
 
 use std::fmt;
 use std::sync::Arc;
 
 use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 
-use super::feed::PostgresFeed;
+use super::feed::{PostgresFeed, horizon};
+use super::locks::lock_space;
 use super::notifier::NotifyAfterCommit;
 use crate::outbox::table::OutboxTable;
 use crate::outbox::{OutboxError, OutboxEvent, Pruned, Retention, TableName, prune_partitions};
@@ -18,27 +20,32 @@ pub(crate) mod sql {
     pub(crate) const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS {table} (
     partition integer NOT NULL CHECK (partition >= 0),
-    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    position bigint GENERATED ALWAYS AS IDENTITY,
+    position bigint GENERATED ALWAYS AS IDENTITY (CACHE 1),
     headers json,
     data json NOT NULL,
     appended_at timestamptz NOT NULL DEFAULT statement_timestamp(),
-    PRIMARY KEY (partition, txid, position)
+    PRIMARY KEY (partition, position)
 );
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS appended_at timestamptz NOT NULL DEFAULT statement_timestamp();
 CREATE TABLE IF NOT EXISTS {table}_pruned (
     partition integer PRIMARY KEY,
-    txid xid8 NOT NULL,
     position bigint NOT NULL
 );";
 
     /// Serializes concurrent `migrate` calls.
     pub(crate) const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
 
-    /// One event, and the wake-up of the feed's listeners at commit.
+    /// One event, and the wake-up of the feed's listeners at commit. The
+    /// writer first announces itself (`announced`, taken before the row
+    /// draws its position): a shared transaction-level advisory lock in the
+    /// outbox's key space, whose second key is the low 32 bits of the
+    /// sequence's last value; every position it draws is above that value.
     pub(crate) const APPEND: &str = "\
-WITH appended AS (
-    INSERT INTO {table} (partition, headers, data) VALUES ($1, $2::json, $3::json)
+WITH announced AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    FROM {table}_position_seq
+), appended AS (
+    INSERT INTO {table} (partition, headers, data)
+    SELECT $1, $2::json, $3::json FROM announced
     RETURNING partition
 )
 SELECT pg_notify('{table}', partition::text) FROM appended";
@@ -46,132 +53,153 @@ SELECT pg_notify('{table}', partition::text) FROM appended";
     /// A batch of events in one statement, in order, and one wake-up per
     /// partition.
     pub(crate) const APPEND_BATCH: &str = "\
-WITH appended AS (
+WITH announced AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    FROM {table}_position_seq
+), appended AS (
     INSERT INTO {table} (partition, headers, data)
     SELECT p, h::json, d::json
-    FROM unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
+    FROM announced, unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
     ORDER BY n
     RETURNING partition
 )
 SELECT pg_notify('{table}', p::text) FROM (SELECT DISTINCT partition AS p FROM appended) AS touched";
 
     /// One event, without a wake-up (for `NotifyAfterCommit`).
-    pub(crate) const INSERT: &str =
-        "INSERT INTO {table} (partition, headers, data) VALUES ($1, $2::json, $3::json)";
+    pub(crate) const INSERT: &str = "\
+WITH announced AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    FROM {table}_position_seq
+)
+INSERT INTO {table} (partition, headers, data)
+SELECT $1, $2::json, $3::json FROM announced";
 
     /// A batch of events in one statement, in order, without a wake-up.
     pub(crate) const INSERT_BATCH: &str = "\
+WITH announced AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    FROM {table}_position_seq
+)
 INSERT INTO {table} (partition, headers, data)
 SELECT p, h::json, d::json
-FROM unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
+FROM announced, unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
 ORDER BY n";
 
     /// The wake-up of the partitions `$1`, sent after their commits.
     pub(crate) const NOTIFY: &str =
         "SELECT pg_notify('{table}', p::text) FROM unnest($1::integer[]) AS p";
 
-    /// Opens a page's read-only transaction: with sorts priced out of
-    /// reach, the planner reads through the primary key whatever its
-    /// statistics say, so that no page sorts the rows after its cursor.
-    pub(crate) const PAGE_BEGIN: &str = "BEGIN READ ONLY; SET LOCAL enable_sort = off";
+    /// The horizon: the highest position that no running writer can still
+    /// add a row below. Every position drawn so far (the sequence's value,
+    /// read first), less than the lowest value an announced writer still
+    /// running saw before it drew (read after it, from `pg_locks`; the
+    /// lock's 32 bits widened back against the sequence's value). A
+    /// statement whose snapshot is taken after this one sees every row at
+    /// or below it that will ever commit.
+    pub(crate) const HORIZON: &str = "\
+SELECT least(drawn.last, min(announced.saw) - 1)
+FROM (
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS last
+    FROM {table}_position_seq
+) AS drawn
+LEFT JOIN LATERAL (
+    SELECT drawn.last - ((drawn.last - l.objid::bigint) % 4294967296 + 4294967296) % 4294967296
+        AS saw
+    FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.classid = {space} AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+) AS announced ON true
+GROUP BY drawn.last";
 
-    /// A partition's servable events after a position, in order.
+    /// Opens a page's read-only transaction: read committed, so that each
+    /// statement sees what committed before it (after the horizon was
+    /// taken), whatever the server's default; and with sorts priced out of
+    /// reach, so that the planner reads through the primary key whatever
+    /// its statistics say, and no page sorts the rows after its cursor.
+    pub(crate) const PAGE_BEGIN: &str =
+        "BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_sort = off";
+
+    /// A partition's servable events after a position (`$2`), up to the
+    /// horizon (`$4`), in order.
     pub(crate) const READ: &str = "\
-SELECT txid::text::bigint AS tx, position AS pos, data::text AS data, headers::text AS headers
+SELECT position AS pos, data::text AS data, headers::text AS headers
 FROM {table}
-WHERE partition = $1 AND (txid, position) > ($2::text::xid8, $3)
-  AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, position
-LIMIT $4";
+WHERE partition = $1 AND position > $2 AND position <= $4
+ORDER BY position
+LIMIT $3";
 
-    /// For each partition of `$1`, its last servable row (the start of
-    /// `_last`) and its last committed row, servable or not: `NULL`s where
-    /// there is none. A waiting request has news when the first is past
-    /// its start, and rows to wait for when only the second is.
+    /// For each partition of `$1`, its last servable row (at or below the
+    /// horizon `$2`: the start of `_last`) and its last committed row,
+    /// servable or not: `NULL`s where there is none. A waiting request has
+    /// news when the first is past its start, and rows to wait for when
+    /// only the second is.
     pub(crate) const HEADS: &str = "\
-SELECT asked.partition, servable.tx, servable.pos, newest.tx, newest.pos
+SELECT asked.partition, servable.pos, newest.pos
 FROM unnest($1::integer[]) AS asked (partition)
 LEFT JOIN LATERAL (
-    SELECT txid::text::bigint AS tx, position AS pos
-    FROM {table}
-    WHERE partition = asked.partition AND txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY txid DESC, position DESC
+    SELECT position AS pos FROM {table}
+    WHERE partition = asked.partition AND position <= $2
+    ORDER BY position DESC
     LIMIT 1
 ) AS servable ON true
 LEFT JOIN LATERAL (
-    SELECT txid::text::bigint AS tx, position AS pos
-    FROM {table}
+    SELECT position AS pos FROM {table}
     WHERE partition = asked.partition
-    ORDER BY txid DESC, position DESC
+    ORDER BY position DESC
     LIMIT 1
 ) AS newest ON true";
 
-    /// For each cursor (`$1` the partitions, `$2` and `$3` the txids and
-    /// positions), whether it names a servable row of its partition: only
-    /// those were handed out.
+    /// For each cursor (`$1` the partitions, `$2` the positions), whether
+    /// it names a servable row of its partition (at or below the horizon
+    /// `$3`), or the last row that `prune` deleted there: only those were
+    /// handed out.
     pub(crate) const HANDED_OUT: &str = "\
 SELECT asked.partition, EXISTS (
     SELECT 1 FROM {table}
-    WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
-      AND txid < pg_snapshot_xmin(pg_current_snapshot())
+    WHERE partition = asked.partition AND position = asked.pos AND position <= $3
 ) OR EXISTS (
     SELECT 1 FROM {table}_pruned
-    WHERE partition = asked.partition AND txid = asked.tx::text::xid8 AND position = asked.pos
+    WHERE partition = asked.partition AND position = asked.pos
 ) AS handed_out
-FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS asked (partition, tx, pos)";
+FROM unnest($1::integer[], $2::bigint[]) AS asked (partition, pos)";
 
     /// For each partition of `$1` (whose cursor named no row), its oldest
     /// kept row and the last row that `prune` deleted, `NULL`s where there
     /// is none: a cursor below either has lost events and expired.
     pub(crate) const KEPT: &str = "\
-SELECT asked.partition, oldest.tx, oldest.pos, pruned.tx, pruned.pos
-FROM unnest($1::integer[]) AS asked (partition)
-LEFT JOIN LATERAL (
-    SELECT txid::text::bigint AS tx, position AS pos
-    FROM {table}
-    WHERE partition = asked.partition
-    ORDER BY txid, position
-    LIMIT 1
-) AS oldest ON true
-LEFT JOIN LATERAL (
-    SELECT txid::text::bigint AS tx, position AS pos
-    FROM {table}_pruned
-    WHERE partition = asked.partition
-) AS pruned ON true";
+SELECT asked.partition,
+    (SELECT min(position) FROM {table} WHERE partition = asked.partition),
+    (SELECT position FROM {table}_pruned WHERE partition = asked.partition)
+FROM unnest($1::integer[]) AS asked (partition)";
 
     /// One batch of `prune` in partition `$1`: at most `$4` of its oldest
-    /// servable rows, below its `$2 + 1`-th newest row, and appended more
-    /// than `$3` milliseconds ago (when not `NULL`) like every row before
-    /// them; the last one deleted
-    /// is remembered, so that a cursor naming it stays valid.
+    /// rows at or below the horizon `$5`, below its `$2 + 1`-th newest row,
+    /// and appended more than `$3` milliseconds ago (when not `NULL`) like
+    /// every row before them; the last one deleted is remembered, so that a
+    /// cursor naming it stays valid.
     pub(crate) const PRUNE: &str = "\
 WITH kept AS (
-    SELECT txid, position FROM {table}
+    SELECT position FROM {table}
     WHERE partition = $1
-    ORDER BY txid DESC, position DESC
+    ORDER BY position DESC
     OFFSET $2 LIMIT 1
 ), oldest AS (
-    SELECT t.txid, t.position,
+    SELECT t.position,
         bool_and($3::bigint IS NULL
             OR t.appended_at < statement_timestamp() - $3 * interval '1 millisecond')
-            OVER (ORDER BY t.txid, t.position) AS old
+            OVER (ORDER BY t.position) AS old
     FROM {table} AS t, kept
-    WHERE t.partition = $1 AND (t.txid, t.position) < (kept.txid, kept.position)
-      AND t.txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY t.txid, t.position
+    WHERE t.partition = $1 AND t.position < kept.position AND t.position <= $5
+    ORDER BY t.position
     LIMIT $4
 ), deleted AS (
     DELETE FROM {table} AS t USING oldest
-    WHERE oldest.old AND t.partition = $1
-      AND t.txid = oldest.txid AND t.position = oldest.position
-    RETURNING t.txid, t.position
+    WHERE oldest.old AND t.partition = $1 AND t.position = oldest.position
+    RETURNING t.position
 ), remembered AS (
-    INSERT INTO {table}_pruned AS p (partition, txid, position)
-    SELECT $1, txid, position FROM deleted
-    ORDER BY txid DESC, position DESC
-    LIMIT 1
-    ON CONFLICT (partition) DO UPDATE SET txid = excluded.txid, position = excluded.position
-    WHERE (p.txid, p.position) < (excluded.txid, excluded.position)
+    INSERT INTO {table}_pruned AS p (partition, position)
+    SELECT $1, max(position) FROM deleted HAVING count(*) > 0
+    ON CONFLICT (partition) DO UPDATE SET position = greatest(p.position, excluded.position)
 )
 SELECT count(*) FROM deleted";
 
@@ -188,6 +216,7 @@ SELECT count(*) FROM deleted";
             INSERT_BATCH,
             NOTIFY,
             READ,
+            HORIZON,
             HEADS,
             HANDED_OUT,
             KEPT,
@@ -206,6 +235,7 @@ SELECT count(*) FROM deleted";
         pub(crate) insert: String,
         pub(crate) insert_batch: String,
         pub(crate) notify: String,
+        pub(crate) horizon: String,
         pub(crate) read: String,
         pub(crate) heads: String,
         pub(crate) handed_out: String,
@@ -260,18 +290,23 @@ impl PostgresOutbox {
     ///
     /// If `partition_count` is 0: a feed has at least one partition.
     pub fn new(table: TableName, partition_count: u32) -> Self {
-        let table = OutboxTable::new(table, partition_count, |fill| sql::Statements {
-            schema: fill(sql::SCHEMA),
-            append: fill(sql::APPEND),
-            append_batch: fill(sql::APPEND_BATCH),
-            insert: fill(sql::INSERT),
-            insert_batch: fill(sql::INSERT_BATCH),
-            notify: fill(sql::NOTIFY),
-            read: fill(sql::READ),
-            heads: fill(sql::HEADS),
-            handed_out: fill(sql::HANDED_OUT),
-            kept: fill(sql::KEPT),
-            prune: fill(sql::PRUNE),
+        let space = lock_space("outbox", table.as_str()).to_string();
+        let table = OutboxTable::new(table, partition_count, |fill_table| {
+            let fill = |template: &str| fill_table(template).replace("{space}", &space);
+            sql::Statements {
+                schema: fill(sql::SCHEMA),
+                append: fill(sql::APPEND),
+                append_batch: fill(sql::APPEND_BATCH),
+                insert: fill(sql::INSERT),
+                insert_batch: fill(sql::INSERT_BATCH),
+                notify: fill(sql::NOTIFY),
+                horizon: fill(sql::HORIZON),
+                read: fill(sql::READ),
+                heads: fill(sql::HEADS),
+                handed_out: fill(sql::HANDED_OUT),
+                kept: fill(sql::KEPT),
+                prune: fill(sql::PRUNE),
+            }
         });
         PostgresOutbox {
             table: Arc::new(table),
@@ -427,12 +462,15 @@ impl PostgresOutbox {
     /// [`Retention`] for what it deletes, and what consumers behind it get).
     pub async fn prune(&self, pool: &PgPool, retention: &Retention) -> Result<Pruned, OutboxError> {
         prune_partitions(retention, self.partition_count(), |partition| async move {
+            let mut connection = pool.acquire().await?;
+            let horizon = horizon(&mut connection, &self.table.sql.horizon).await?;
             let deleted: i64 = sqlx::query_scalar(&self.table.sql.prune)
                 .bind(partition as i32)
                 .bind(retention.keep_offset())
                 .bind(retention.age_millis())
                 .bind(i64::from(retention.batch()))
-                .fetch_one(pool)
+                .bind(horizon as i64)
+                .fetch_one(&mut *connection)
                 .await?;
             Ok(deleted as u64)
         })

@@ -30,7 +30,7 @@ const REMEMBERED_CURSORS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PageKey {
     /// The partitions to read and where each starts.
-    pub(crate) starts: Vec<(u32, [u64; 2])>,
+    pub(crate) starts: Vec<(u32, u64)>,
     /// The page size, at most [`SHARED_PAGE_ROWS`].
     pub(crate) page_size: usize,
     pub(crate) headers: HeaderSelection,
@@ -230,7 +230,7 @@ mod tests {
 
     fn key() -> PageKey {
         PageKey {
-            starts: vec![(0, [1, 1])],
+            starts: vec![(0, 1)],
             page_size: 10,
             headers: HeaderSelection::None,
         }
