@@ -4,11 +4,13 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::heads::{Heads, SharedLook, look_from, query_heads};
+use super::holders::{self, HeldBack, HorizonHolder};
 use super::listener::{self, AppendListenerTask};
 use super::outbox::{PostgresOutbox, sql};
 use super::pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
@@ -69,6 +71,7 @@ pub struct PostgresFeed {
     listener: Arc<AppendListenerTask>,
     looks: Arc<SharedLook>,
     pages: Arc<SharedPages>,
+    held_back: Arc<HeldBack>,
 }
 
 impl PostgresFeed {
@@ -79,9 +82,55 @@ impl PostgresFeed {
             listener: listener::shared(),
             looks: Arc::default(),
             pages: Arc::default(),
+            held_back: Arc::default(),
             outbox,
             pool,
         }
+    }
+
+    /// Sets how long waiting requests may see committed rows held back by
+    /// an outbox writer before the feed names the writers in a warning
+    /// (default 10 s), repeated once per such period while it lasts.
+    pub fn report_held_back_after(self, after: Duration) -> Self {
+        PostgresFeed {
+            held_back: Arc::new(HeldBack::new(after)),
+            ..self
+        }
+    }
+
+    /// The outbox writers that hold the horizon now, oldest first: each
+    /// holds back every row committed after it drew its first position,
+    /// until it ends.
+    pub async fn horizon_holders(&self) -> Result<Vec<HorizonHolder>, sqlx::Error> {
+        holders::query(&self.pool, &self.outbox.table.sql.holders).await
+    }
+
+    /// Warns of each writer that holds the horizon, in a task of its own.
+    fn report_holders(&self) {
+        let feed = self.clone();
+        tokio::spawn(async move {
+            let table = feed.outbox.table();
+            match feed.horizon_holders().await {
+                Ok(holders) => {
+                    for holder in holders {
+                        tracing::warn!(
+                            %table,
+                            pid = holder.pid(),
+                            database = holder.database(),
+                            state = holder.state(),
+                            age_s = holder.age().map(|age| age.as_secs_f64()),
+                            prepared = holder.prepared(),
+                            query = holder.query(),
+                            "an outbox writer holds the feed back: {holder}; rows committed \
+                             after it wait until it ends"
+                        );
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%table, %error, "rows are held back, and their holders could not be found")
+                }
+            }
+        });
     }
 
     /// A [`FeedService`] serving this feed with the default page sizes.
@@ -301,6 +350,9 @@ impl PostgresFeed {
             };
             let (look, heads) = looked?;
             let found = look_from(&starts, &heads);
+            if self.held_back.observe(found == Look::Pending) {
+                self.report_holders();
+            }
             if found == Look::News {
                 *news.lock().unwrap_or_else(PoisonError::into_inner) = Some((look, heads));
             }

@@ -8,6 +8,7 @@
 //! | `notifier.rs` | [`NotifyAfterCommit`]: a writer that wakes the feeds after the caller's commit |
 //! | `feed.rs` | [`PostgresFeed`]: pages read below the transaction horizon |
 //! | `heads.rs` | the look at the partitions' heads that waiting requests share |
+//! | `holders.rs` | the outbox writers that hold the horizon, named and reported |
 //! | `pages.rs` | the page read that woken requests for the same page share |
 //! | `listener.rs` | the `LISTEN` connection that wakes waiting requests |
 //! | `store.rs` | [`PostgresStore`]: the consumer's cursors |
@@ -16,10 +17,16 @@
 //!
 //! The traps a maintainer must hold in mind:
 //!
-//! - **The horizon.** `position` is taken at insert, not at commit, so the
-//!   feed orders rows by the writing transaction's id and serves only those
-//!   below the oldest transaction still running. A long transaction holds
-//!   delivery back; it never loses an event.
+//! - **The horizon.** `position` is taken at insert, not at commit, so a
+//!   row may commit after a higher one was served. Writers announce
+//!   themselves with an advisory lock before they draw, and the feed serves
+//!   only up to the lowest position an announced writer still running may
+//!   hold. `pg_snapshot_xmin` would be simpler, and wrong: it is the oldest
+//!   transaction of the whole cluster, so any idle transaction anywhere
+//!   would stop every feed. An outbox writer that stays open holds its feed
+//!   back, and is named (`HorizonHolder`); it never loses an event.
+//! - **The sequence must not cache.** The horizon takes "drawn so far" from
+//!   the sequence's last value: the identity is `CACHE 1`, and must stay so.
 //! - **`NOTIFY` serializes commits.** A `pg_notify` in the writer's
 //!   transaction takes a database-wide lock at commit, held through the WAL
 //!   flush: [`NotifyAfterCommit`] moves it out of the writers' commits.
@@ -39,6 +46,8 @@ mod group;
 #[cfg(feature = "server")]
 mod heads;
 #[cfg(feature = "server")]
+mod holders;
+#[cfg(feature = "server")]
 mod listener;
 mod locks;
 #[cfg(feature = "server")]
@@ -52,6 +61,8 @@ mod store;
 
 #[cfg(feature = "server")]
 pub use feed::PostgresFeed;
+#[cfg(feature = "server")]
+pub use holders::HorizonHolder;
 #[cfg(feature = "server")]
 pub use notifier::{Appended, NotifyAfterCommit};
 #[cfg(feature = "server")]

@@ -37,11 +37,12 @@ CREATE TABLE IF NOT EXISTS {table}_pruned (
     /// One event, and the wake-up of the feed's listeners at commit. The
     /// writer first announces itself (`announced`, taken before the row
     /// draws its position): a shared transaction-level advisory lock in the
-    /// outbox's key space, whose second key is the low 32 bits of the
-    /// sequence's last value; every position it draws is above that value.
+    /// outbox's key space, whose second key is the low 32 bits of the last
+    /// position drawn so far; every position it draws is above that.
     pub(crate) const APPEND: &str = "\
 WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    SELECT pg_advisory_xact_lock_shared({space}, substring(
+        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
     FROM {table}_position_seq
 ), appended AS (
     INSERT INTO {table} (partition, headers, data)
@@ -54,7 +55,8 @@ SELECT pg_notify('{table}', partition::text) FROM appended";
     /// partition.
     pub(crate) const APPEND_BATCH: &str = "\
 WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    SELECT pg_advisory_xact_lock_shared({space}, substring(
+        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
     FROM {table}_position_seq
 ), appended AS (
     INSERT INTO {table} (partition, headers, data)
@@ -68,7 +70,8 @@ SELECT pg_notify('{table}', p::text) FROM (SELECT DISTINCT partition AS p FROM a
     /// One event, without a wake-up (for `NotifyAfterCommit`).
     pub(crate) const INSERT: &str = "\
 WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    SELECT pg_advisory_xact_lock_shared({space}, substring(
+        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
     FROM {table}_position_seq
 )
 INSERT INTO {table} (partition, headers, data)
@@ -77,7 +80,8 @@ SELECT $1, $2::json, $3::json FROM announced";
     /// A batch of events in one statement, in order, without a wake-up.
     pub(crate) const INSERT_BATCH: &str = "\
 WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(last_value::bit(64) from 33)::int4)
+    SELECT pg_advisory_xact_lock_shared({space}, substring(
+        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
     FROM {table}_position_seq
 )
 INSERT INTO {table} (partition, headers, data)
@@ -90,14 +94,15 @@ ORDER BY n";
         "SELECT pg_notify('{table}', p::text) FROM unnest($1::integer[]) AS p";
 
     /// The horizon: the highest position that no running writer can still
-    /// add a row below. Every position drawn so far (the sequence's value,
-    /// read first), less than the lowest value an announced writer still
-    /// running saw before it drew (read after it, from `pg_locks`; the
-    /// lock's 32 bits widened back against the sequence's value). A
+    /// add a row at or below. Every position drawn so far (the sequence's
+    /// value, read first), and at most the lowest that an announced writer
+    /// still running saw drawn before it drew (read after it, from
+    /// `pg_locks`; the lock's 32 bits widened back against the sequence's
+    /// value). A
     /// statement whose snapshot is taken after this one sees every row at
     /// or below it that will ever commit.
     pub(crate) const HORIZON: &str = "\
-SELECT least(drawn.last, min(announced.saw) - 1)
+SELECT least(drawn.last, min(announced.saw))
 FROM (
     SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS last
     FROM {table}_position_seq
@@ -110,6 +115,26 @@ LEFT JOIN LATERAL (
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 ) AS announced ON true
 GROUP BY drawn.last";
+
+    /// The announced writers still running, one row each, oldest first:
+    /// what `pg_stat_activity` says of them, or, for a prepared
+    /// transaction, its global id.
+    pub(crate) const HOLDERS: &str = "\
+SELECT pid, datname, state, age, query, gid FROM (
+    SELECT DISTINCT ON (l.virtualtransaction)
+        a.pid, coalesce(a.datname, current_database()) AS datname, a.state,
+        extract(epoch FROM now() - coalesce(a.xact_start, p.prepared))::float8 AS age,
+        a.query, p.gid
+    FROM pg_locks AS l
+    LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+    LEFT JOIN pg_locks AS x ON l.pid IS NULL AND x.locktype = 'transactionid'
+        AND x.virtualtransaction = l.virtualtransaction
+    LEFT JOIN pg_prepared_xacts AS p ON p.transaction = x.transactionid
+    WHERE l.locktype = 'advisory' AND l.classid = {space} AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    ORDER BY l.virtualtransaction
+) AS holders
+ORDER BY age DESC NULLS LAST";
 
     /// Opens a page's read-only transaction: read committed, so that each
     /// statement sees what committed before it (after the horizon was
@@ -217,6 +242,7 @@ SELECT count(*) FROM deleted";
             NOTIFY,
             READ,
             HORIZON,
+            HOLDERS,
             HEADS,
             HANDED_OUT,
             KEPT,
@@ -236,6 +262,7 @@ SELECT count(*) FROM deleted";
         pub(crate) insert_batch: String,
         pub(crate) notify: String,
         pub(crate) horizon: String,
+        pub(crate) holders: String,
         pub(crate) read: String,
         pub(crate) heads: String,
         pub(crate) handed_out: String,
@@ -301,6 +328,7 @@ impl PostgresOutbox {
                 insert_batch: fill(sql::INSERT_BATCH),
                 notify: fill(sql::NOTIFY),
                 horizon: fill(sql::HORIZON),
+                holders: fill(sql::HOLDERS),
                 read: fill(sql::READ),
                 heads: fill(sql::HEADS),
                 handed_out: fill(sql::HANDED_OUT),

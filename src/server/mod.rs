@@ -71,6 +71,8 @@ pub use crate::outbox::{
     InvalidTableName, OutboxError, OutboxEvent, OutboxPage, TableName, partition_for_key,
 };
 #[cfg(feature = "postgres")]
-pub use crate::postgres::{Appended, NotifyAfterCommit, PostgresFeed, PostgresOutbox};
+pub use crate::postgres::{
+    Appended, HorizonHolder, NotifyAfterCommit, PostgresFeed, PostgresOutbox,
+};
 #[cfg(feature = "sqlite")]
 pub use crate::sqlite::{SqliteFeed, SqliteOutbox};

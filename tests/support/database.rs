@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 #[cfg(feature = "postgres")]
-pub(crate) use self::postgres::{TestPostgres, postgres};
+pub(crate) use self::postgres::{TestPostgres, cluster, database_on, postgres};
 
 /// A fresh SQLite file for the calling test, under `target/tmp`.
 pub(crate) fn sqlite_path(test: &str) -> PathBuf {
@@ -65,9 +65,15 @@ mod postgres {
     /// Creates a fresh, empty PostgreSQL database for the calling test.
     pub(crate) async fn postgres() -> TestPostgres {
         static SERVER: OnceCell<String> = OnceCell::const_new();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
 
         let admin_url = SERVER.get_or_init(find_server).await;
+        database_on(admin_url).await
+    }
+
+    /// Creates a fresh, empty database for the calling test on the server of
+    /// `admin_url`.
+    pub(crate) async fn database_on(admin_url: &str) -> TestPostgres {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let mut admin = PgConnection::connect(admin_url)
             .await
             .unwrap_or_else(|error| panic!("connecting to PostgreSQL at {admin_url}: {error}"));
@@ -154,11 +160,24 @@ mod postgres {
     /// Starts (or reuses) a cluster under `target/tmp/postgres`, listening on
     /// 127.0.0.1 only.
     async fn start_throwaway_cluster() -> Result<String, String> {
-        let url = format!("postgres://postgres@127.0.0.1:{THROWAWAY_PORT}/postgres");
+        cluster("postgres", THROWAWAY_PORT, &[]).await
+    }
+
+    /// Starts (or reuses, if one answers on `port`) a throwaway cluster of
+    /// its own under `target/tmp/<name>`, listening on 127.0.0.1:`port` only,
+    /// with the server `settings` (`name=value`) on top of the defaults:
+    /// for a test that needs settings, a crash or a restore of its own. The
+    /// admin URL.
+    pub(crate) async fn cluster(
+        name: &str,
+        port: u16,
+        settings: &[&str],
+    ) -> Result<String, String> {
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         if answers(&url).await {
             return Ok(url);
         }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("postgres");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         let data = dir.join("data");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // PostgreSQL refuses to run as root; run it as `postgres` then.
@@ -185,10 +204,14 @@ mod postgres {
                 .args(["-A", "trust", "-U", "postgres", "-D"])
                 .arg(&data))?;
         }
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {THROWAWAY_PORT} -k {}",
+        let mut options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {}",
             dir.display()
         );
+        for setting in settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         run(tool("pg_ctl")
             .args(["-w", "-D"])
             .arg(&data)
