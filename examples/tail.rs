@@ -5,7 +5,7 @@
 //! cargo run --release --example tail -- URL --partitions N [--cursor P=VALUE]...
 //!     [--page-size K] [--headers h1,h2] [--max-events M] [--state FILE]
 //!     [--follow] [--wait SECS] [--bearer TOKEN] [--http2] [--page-timeout SECS]
-//!     [--max-buffered-bytes B]
+//!     [--max-buffered-bytes B] [--max-line-bytes B]
 //! ```
 //!
 //! Every event is one line on stdout, `{"partition":P,"headers":{...},"data":...}`
@@ -51,7 +51,9 @@
 //! end within `--page-timeout` (default 300 s), however steadily its bytes
 //! drip in. At most `--max-buffered-bytes` (default 64 MiB) of events may
 //! wait for their checkpoint: past that, tail exits non-zero, `--follow`
-//! or not, since asking again would bring the same page.
+//! or not, since asking again would bring the same page. A line longer than
+//! `--max-line-bytes` (default 4 MiB, the protocol's `MAX_LINE_BYTES`, which
+//! the crate's writers never exceed) ends the run the same way.
 //!
 //! Any other error exits non-zero with a one-line message on stderr.
 //! Progress goes to stderr when stderr is a terminal.
@@ -72,7 +74,7 @@ use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest, HeaderSelection, Lin
 
 const USAGE: &str = "usage: tail URL --partitions N [--cursor P=VALUE]... [--page-size K] \
 [--headers h1,h2] [--max-events M] [--state FILE] [--follow] [--wait SECS] [--bearer TOKEN] \
-[--http2] [--page-timeout SECS] [--max-buffered-bytes B]";
+[--http2] [--page-timeout SECS] [--max-buffered-bytes B] [--max-line-bytes B]";
 
 /// The least time between two requests, with `--follow`, when caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -104,6 +106,7 @@ struct Args {
     http2: bool,
     page_timeout: Option<Duration>,
     max_buffered_bytes: Option<usize>,
+    max_line_bytes: Option<usize>,
 }
 
 /// A one-line error for stderr.
@@ -161,6 +164,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
     let mut http2 = false;
     let mut page_timeout = None;
     let mut max_buffered_bytes = None;
+    let mut max_line_bytes = None;
 
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -205,6 +209,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
                 let given = value("--max-buffered-bytes")?;
                 max_buffered_bytes = Some(number(&given, "--max-buffered-bytes")?);
             }
+            "--max-line-bytes" => {
+                let given = value("--max-line-bytes")?;
+                max_line_bytes = Some(number(&given, "--max-line-bytes")?);
+            }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ if url.is_none() => {
                 url = Some(
@@ -229,6 +237,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Fa
         http2,
         page_timeout,
         max_buffered_bytes,
+        max_line_bytes,
     }))
 }
 
@@ -247,6 +256,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     if let Some(timeout) = args.page_timeout {
         builder = builder.page_timeout(timeout);
+    }
+    if let Some(max) = args.max_line_bytes {
+        builder = builder.max_line_length(max);
     }
     if let Some(max) = args.max_buffered_bytes {
         builder = builder.max_buffered_bytes(max);

@@ -23,7 +23,7 @@ async fn preparing_cluster() -> &'static str {
     static CLUSTER: OnceCell<String> = OnceCell::const_new();
     CLUSTER
         .get_or_init(|| async {
-            database::cluster("postgres-prepared", 54331, &["max_prepared_transactions=8"])
+            database::cluster("postgres-prepared", 25431, &["max_prepared_transactions=8"])
                 .await
                 .unwrap_or_else(|why| panic!("a cluster for prepared transactions: {why}"))
         })

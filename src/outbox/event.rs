@@ -1,4 +1,4 @@
-use crate::protocol::{Event, Headers, RawJson};
+use crate::protocol::{Event, Headers, MAX_LINE_BYTES, RawJson};
 use crate::server::{ReadError, UnknownPartition};
 
 /// An event to append to an outbox table: its data, its headers, and the
@@ -88,6 +88,30 @@ impl OutboxEvent {
     }
 
     /// The headers as stored: a JSON object, or `NULL` for none.
+    /// The event's partition and headers as the writers store them, once
+    /// it is known that a consumer can read it: its partition exists, and
+    /// the longest line it can be served as (with every header) is within
+    /// the protocol's limit.
+    pub(crate) fn checked(
+        &self,
+        partition_count: u32,
+    ) -> Result<(u32, Option<String>), super::OutboxError> {
+        let partition = self.checked_partition(partition_count)?;
+        let headers = self.headers_json();
+        // `{"partition":P,"headers":H,"data":D}`, with P at most 10 digits.
+        let bytes = r#"{"partition":,"headers":,"data":}"#.len()
+            + 10
+            + headers.as_ref().map_or(0, String::len)
+            + self.data().as_str().len();
+        if bytes > MAX_LINE_BYTES {
+            return Err(super::OutboxError::EventTooLarge {
+                bytes,
+                limit: MAX_LINE_BYTES,
+            });
+        }
+        Ok((partition, headers))
+    }
+
     pub(crate) fn headers_json(&self) -> Option<String> {
         (!self.headers.is_empty())
             .then(|| serde_json::to_string(&self.headers).expect("string maps serialize"))

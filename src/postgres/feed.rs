@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -72,7 +72,12 @@ pub struct PostgresFeed {
     looks: Arc<SharedLook>,
     pages: Arc<SharedPages>,
     held_back: Arc<HeldBack>,
+    counter_checked: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often a feed checks that its outbox's counter is ahead of the rows
+/// it holds (see [`PostgresOutbox::check_counter`]).
+const COUNTER_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 impl PostgresFeed {
     /// The feed of `outbox`, reading with connections of `pool`.
@@ -83,6 +88,7 @@ impl PostgresFeed {
             looks: Arc::default(),
             pages: Arc::default(),
             held_back: Arc::default(),
+            counter_checked: Arc::default(),
             outbox,
             pool,
         }
@@ -103,6 +109,29 @@ impl PostgresFeed {
     /// until it ends.
     pub async fn horizon_holders(&self) -> Result<Vec<HorizonHolder>, sqlx::Error> {
         holders::query(&self.pool, &self.outbox.table.sql.holders).await
+    }
+
+    /// Checks the outbox's counter at the first read and every
+    /// [`COUNTER_CHECK_EVERY`] after it: a read fails while it is behind.
+    async fn check_counter(&self) -> Result<(), ReadError> {
+        let due = self
+            .counter_checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|checked| checked.elapsed() >= COUNTER_CHECK_EVERY);
+        if !due {
+            return Ok(());
+        }
+        match self.outbox.check_counter(&self.pool).await {
+            Ok(()) => {
+                *self
+                    .counter_checked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                Ok(())
+            }
+            Err(error) => Err(ReadError::internal(error)),
+        }
     }
 
     /// Warns of each writer that holds the horizon, in a task of its own.
@@ -491,6 +520,7 @@ impl FeedReader for PostgresFeed {
     type Stream = OutboxPage;
 
     async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
+        self.check_counter().await?;
         let request = context.request();
         let selection = request.headers().clone();
         if context.wait_deadline().is_none() {

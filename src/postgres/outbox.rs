@@ -93,6 +93,27 @@ ORDER BY n";
     pub(crate) const NOTIFY: &str =
         "SELECT pg_notify('{table}', p::text) FROM unnest($1::integer[]) AS p";
 
+    /// The last position the counter handed out, and the highest position
+    /// stored (one probe of the primary key per partition, `$1` the
+    /// partition count): the first below the second means the rows came
+    /// without their sequence.
+    pub(crate) const COUNTER: &str = "\
+SELECT drawn.last, stored.position
+FROM (
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS last
+    FROM {table}_position_seq
+) AS drawn, LATERAL (
+    SELECT max(newest.position) AS position
+    FROM generate_series(0, $1 - 1) AS p (partition), LATERAL (
+        SELECT position FROM {table} WHERE partition = p.partition
+        ORDER BY position DESC
+        LIMIT 1
+    ) AS newest
+) AS stored";
+
+    /// Moves the counter past the highest position stored (`$1`).
+    pub(crate) const REPAIR_COUNTER: &str = "SELECT setval('{table}_position_seq', $1)";
+
     /// The horizon: the highest position that no running writer can still
     /// add a row at or below. Every position drawn so far (the sequence's
     /// value, read first), and at most the lowest that an announced writer
@@ -241,6 +262,8 @@ SELECT count(*) FROM deleted";
             INSERT_BATCH,
             NOTIFY,
             READ,
+            COUNTER,
+            REPAIR_COUNTER,
             HORIZON,
             HOLDERS,
             HEADS,
@@ -261,6 +284,8 @@ SELECT count(*) FROM deleted";
         pub(crate) insert: String,
         pub(crate) insert_batch: String,
         pub(crate) notify: String,
+        pub(crate) counter: String,
+        pub(crate) repair_counter: String,
         pub(crate) horizon: String,
         pub(crate) holders: String,
         pub(crate) read: String,
@@ -327,6 +352,8 @@ impl PostgresOutbox {
                 insert: fill(sql::INSERT),
                 insert_batch: fill(sql::INSERT_BATCH),
                 notify: fill(sql::NOTIFY),
+                counter: fill(sql::COUNTER),
+                repair_counter: fill(sql::REPAIR_COUNTER),
                 horizon: fill(sql::HORIZON),
                 holders: fill(sql::HOLDERS),
                 read: fill(sql::READ),
@@ -364,8 +391,11 @@ impl PostgresOutbox {
         [sql::PAGE_BEGIN, &self.table.sql.read]
     }
 
-    /// Creates the table if it does not exist. Idempotent, and safe to run
-    /// from several processes at once (they take turns on an advisory lock).
+    /// Creates the table if it does not exist, and moves its position
+    /// counter past the rows it holds if they came without it (a restore
+    /// or a copy of the rows alone: see [`check_counter`](Self::check_counter)).
+    /// Idempotent, and safe to run from several processes at once (they take
+    /// turns on an advisory lock). Run it before any writer appends.
     pub async fn migrate<'a, A>(&self, connection: A) -> Result<(), OutboxError>
     where
         A: Acquire<'a, Database = Postgres>,
@@ -376,8 +406,41 @@ impl PostgresOutbox {
             .execute(&mut *tx)
             .await?;
         sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
+        if let Err(OutboxError::CounterBehind { stored, .. }) = self.check_counter(&mut *tx).await {
+            sqlx::query(&self.table.sql.repair_counter)
+                .bind(stored)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Fails with [`OutboxError::CounterBehind`] if the table holds a
+    /// position above the last one its counter handed out: the rows were
+    /// restored or copied without their sequence (`pg_dump --data-only`,
+    /// logical replication, a managed service's blue/green switch), and
+    /// new rows would sort before rows already served. The feed checks it
+    /// at its first read and every 10 s, and refuses to serve until
+    /// [`migrate`](Self::migrate) repairs it. One probe of the primary key
+    /// per partition.
+    pub async fn check_counter<'a, A>(&self, connection: A) -> Result<(), OutboxError>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let mut connection = connection.acquire().await?;
+        let (counter, stored): (i64, Option<i64>) = sqlx::query_as(&self.table.sql.counter)
+            .bind(self.partition_count() as i32)
+            .fetch_one(&mut *connection)
+            .await?;
+        match stored {
+            Some(stored) if stored > counter => Err(OutboxError::CounterBehind {
+                table: self.table().to_string(),
+                counter,
+                stored,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Appends `event` in the caller's transaction (or, on a connection
@@ -448,10 +511,10 @@ impl PostgresOutbox {
         connection: &mut PgConnection,
         event: &OutboxEvent,
     ) -> Result<u32, OutboxError> {
-        let partition = event.checked_partition(self.partition_count())?;
+        let (partition, headers) = event.checked(self.partition_count())?;
         sqlx::query(statement)
             .bind(partition as i32)
-            .bind(event.headers_json())
+            .bind(headers)
             .bind(event.data().as_str())
             .execute(connection)
             .await?;
@@ -469,8 +532,9 @@ impl PostgresOutbox {
         let mut headers = Vec::with_capacity(events.len());
         let mut data = Vec::with_capacity(events.len());
         for event in events {
-            partitions.push(event.checked_partition(self.partition_count())?);
-            headers.push(event.headers_json());
+            let (partition, event_headers) = event.checked(self.partition_count())?;
+            partitions.push(partition);
+            headers.push(event_headers);
             data.push(event.data().as_str());
         }
         if events.is_empty() {

@@ -75,7 +75,7 @@ pub struct LineDecoder<D = RawJson> {
 
 impl<D> LineDecoder<D> {
     /// The default maximum line length: 4 MiB.
-    pub const DEFAULT_MAX_LINE_LENGTH: usize = 4 * 1024 * 1024;
+    pub const DEFAULT_MAX_LINE_LENGTH: usize = super::MAX_LINE_BYTES;
 
     /// A decoder for a page of the given partitions; lines of any other
     /// partition are errors.

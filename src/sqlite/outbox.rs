@@ -252,11 +252,11 @@ impl SqliteOutbox {
         connection: &mut SqliteConnection,
         event: &OutboxEvent,
     ) -> Result<(), OutboxError> {
-        let partition = event.checked_partition(self.partition_count())?;
+        let (partition, headers) = event.checked(self.partition_count())?;
         self.wake_feeds_on_commit(connection).await?;
         sqlx::query(&self.table.sql.append)
             .bind(i64::from(partition))
-            .bind(event.headers_json())
+            .bind(headers)
             .bind(event.data().as_str())
             .execute(connection)
             .await?;
@@ -271,17 +271,17 @@ impl SqliteOutbox {
         connection: &mut SqliteConnection,
         events: &[OutboxEvent],
     ) -> Result<(), OutboxError> {
-        let partitions = events
+        let checked = events
             .iter()
-            .map(|event| event.checked_partition(self.partition_count()))
+            .map(|event| event.checked(self.partition_count()))
             .collect::<Result<Vec<_>, _>>()?;
         if !events.is_empty() {
             self.wake_feeds_on_commit(connection).await?;
         }
-        for (event, partition) in events.iter().zip(partitions) {
+        for (event, (partition, headers)) in events.iter().zip(checked) {
             sqlx::query(&self.table.sql.append)
                 .bind(i64::from(partition))
-                .bind(event.headers_json())
+                .bind(headers)
                 .bind(event.data().as_str())
                 .execute(&mut *connection)
                 .await?;

@@ -50,7 +50,7 @@ mod postgres {
     use tokio::sync::OnceCell;
 
     const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
-    const THROWAWAY_PORT: u16 = 54329;
+    const THROWAWAY_PORT: u16 = 25429;
     const PREFIX: &str = "zeh_t_";
 
     /// A database of its own for one test.
@@ -163,7 +163,9 @@ mod postgres {
         cluster("postgres", THROWAWAY_PORT, &[]).await
     }
 
-    /// Starts (or reuses, if one answers on `port`) a throwaway cluster of
+    /// Starts (or reuses, if one answers on `port`: below the ephemeral
+    /// range, 32768 and up, where a client's connection may hold it) a
+    /// throwaway cluster of
     /// its own under `target/tmp/<name>`, listening on 127.0.0.1:`port` only,
     /// with the server `settings` (`name=value`) on top of the defaults:
     /// for a test that needs settings, a crash or a restore of its own. The
