@@ -214,6 +214,18 @@ mod postgres {
             options.push_str(" -c ");
             options.push_str(setting);
         }
+        // A server of this folder left running on another port (or with
+        // other settings) by an earlier run: stop it first.
+        let running = tool("pg_ctl")
+            .args(["status", "-D"])
+            .arg(&data)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if running {
+            run(tool("pg_ctl")
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(&data))?;
+        }
         run(tool("pg_ctl")
             .args(["-w", "-D"])
             .arg(&data)
