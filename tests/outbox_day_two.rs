@@ -1,7 +1,8 @@
-//! Retention on both outboxes: `prune` by age and by count, in batches,
-//! while writers append and feeds serve; `410 Gone` for a cursor below what
-//! a partition keeps, `400` for one the feed never handed out; the client,
-//! the runtime and `tail` telling an expired cursor apart.
+//! Day two on both outboxes. Retention: `prune` by age and by count, in
+//! batches, while writers append and feeds serve; `410 Gone` for a cursor
+//! below what a partition keeps, `400` for one the feed never handed out;
+//! the client, the runtime and `tail` telling an expired cursor apart.
+//! Limits: the writers refuse what no consumer can read.
 
 mod support;
 
@@ -21,7 +22,8 @@ use zeroeventhub::client::{Client, HttpService};
 use zeroeventhub::consumer::{Handler, MemoryStore, MemoryTransaction, Runtime};
 use zeroeventhub::outbox::{Pruned, Retention};
 use zeroeventhub::protocol::{Cursor, Event, FeedRequest};
-use zeroeventhub::server::{OutboxEvent, PostgresOutbox, SqliteOutbox, TableName};
+use zeroeventhub::protocol::{MAX_LINE_BYTES, RawJson};
+use zeroeventhub::server::{OutboxError, OutboxEvent, PostgresOutbox, SqliteOutbox, TableName};
 
 /// One outbox of either database, with what a test does to it.
 #[derive(Clone)]
@@ -107,6 +109,23 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// Appends `event` to the outbox in a transaction of its own.
+    async fn try_append(&self, event: &OutboxEvent) -> Result<(), OutboxError> {
+        match self {
+            Outbox::Sqlite(pool, outbox) => {
+                let mut tx = pool.begin().await.unwrap();
+                outbox.append(&mut tx, event).await?;
+                tx.commit().await.unwrap();
+            }
+            Outbox::Postgres(pool, outbox) => {
+                let mut tx = pool.begin().await.unwrap();
+                outbox.append(&mut tx, event).await?;
+                tx.commit().await.unwrap();
+            }
+        }
+        Ok(())
     }
 
     async fn prune(&self, retention: &Retention) -> Pruned {
@@ -556,4 +575,55 @@ async fn tail_exits_non_zero_on_an_expired_cursor() {
         "{stderr}"
     );
     assert!(output.stdout.is_empty());
+}
+
+/// An event whose data is a JSON string of `bytes` bytes, quotes included.
+fn event_of(bytes: usize) -> OutboxEvent {
+    let text = format!("\"{}\"", "x".repeat(bytes - 2));
+    OutboxEvent::in_partition(0, RawJson::from_bytes(text).unwrap())
+}
+
+#[tokio::test]
+async fn the_writers_refuse_an_event_no_consumer_can_read() {
+    for outbox in Outbox::both("line_limit", 1).await {
+        let db = outbox.name();
+        let overhead = r#"{"partition":0000000000,"headers":,"data":}"#.len();
+        let too_large = outbox
+            .try_append(&event_of(MAX_LINE_BYTES))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(too_large, OutboxError::EventTooLarge { limit, .. } if limit == MAX_LINE_BYTES),
+            "{db}: {too_large:?}"
+        );
+        assert!(
+            too_large.to_string().contains("over the protocol's limit"),
+            "{db}"
+        );
+        let with_headers = event_of(MAX_LINE_BYTES - overhead - 10).with_header("k", "0123456789");
+        assert!(
+            outbox.try_append(&with_headers).await.is_err(),
+            "{db}: headers count"
+        );
+
+        // The largest event that fits is written and read with the defaults.
+        outbox
+            .try_append(&event_of(MAX_LINE_BYTES - overhead))
+            .await
+            .unwrap();
+        let server = outbox.serve().await;
+        let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+        let request = FeedRequest::new(1, [(0, Cursor::first())]).unwrap();
+        let page = client.fetch_page(&request).await.unwrap();
+        assert_eq!(
+            page.events().len(),
+            1,
+            "{db}: only the one that fits was written"
+        );
+        assert_eq!(
+            page.events()[0].data.as_str().len(),
+            MAX_LINE_BYTES - overhead,
+            "{db}"
+        );
+    }
 }
