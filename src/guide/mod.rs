@@ -14,6 +14,8 @@
 //!   your effects and the cursors in one transaction.
 //! - [`by_hand`]: the same loop with the client alone, its pages and errors.
 //! - [`long_polling`]: how a caught-up consumer waits, on both sides.
+//! - [`operating`]: what holds a database feed back and how to find it,
+//!   restores, retention, and what to watch.
 //! - [`tail`]: looking at a feed with the `tail` example.
 //! - [`performance`]: the benchmarks and their figures.
 //! - [`layout`]: where each part lives in the repository.
@@ -44,6 +46,10 @@ pub mod by_hand {
 
 pub mod long_polling {
     #![doc = include_str!("long_polling.md")]
+}
+
+pub mod operating {
+    #![doc = include_str!("operating.md")]
 }
 
 pub mod tail {

@@ -297,14 +297,13 @@ SELECT count(*) FROM deleted";
 /// An outbox table in PostgreSQL: its schema, and the writer that appends
 /// events inside the caller's transaction.
 ///
-/// Each row records the id of the transaction that wrote it (`txid`, an
-/// `xid8`). The feed orders rows by `(txid, position)` and serves only those
-/// whose transaction is older than every transaction still running
-/// (`pg_snapshot_xmin(pg_current_snapshot())`): a transaction that could
-/// still commit has an id at or above that horizon, so a cursor never
-/// passes an event that becomes visible later. A long transaction holds back
-/// delivery (of every feed of the cluster) until it ends; it never loses an
-/// event.
+/// Each append announces its transaction before the row draws its
+/// position (a shared advisory lock saying how far the position sequence
+/// was), and the feed serves only positions that no announced writer still
+/// running can add a row below: a cursor never passes an event that
+/// becomes visible later. An outbox writer that stays open holds back its
+/// own feed, and nothing else, until it ends; it never loses an event.
+/// Transactions that never append never hold a feed back.
 ///
 /// Cheap to clone. See the [module docs](super) for the table
 /// and every statement.
