@@ -4,6 +4,22 @@
 use crate::protocol::Cursor;
 use crate::server::ReadError;
 
+/// The cursor of the row at `position` of the feed `feed`: the position,
+/// then the feed's id, so that another outbox's feed (whose positions run
+/// alike) refuses it.
+pub(crate) fn encode_row(position: u64, feed: u64) -> Cursor {
+    encode([position, feed])
+}
+
+/// The position of a cursor that [`encode_row`] wrote for the feed `feed`;
+/// `None` for anything else, a cursor of another feed included.
+pub(crate) fn decode_row(cursor: &Cursor, feed: u64) -> Option<u64> {
+    match decode::<2>(cursor)? {
+        [position, id] if id == feed && i64::try_from(position).is_ok() => Some(position),
+        _ => None,
+    }
+}
+
 /// Writes an order key (one or more non-negative numbers) as a cursor.
 pub(crate) fn encode<const N: usize>(key: [u64; N]) -> Cursor {
     let mut text = String::with_capacity(N * 21);

@@ -28,8 +28,10 @@ use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadErro
 /// the page, given back when the page ends or the consumer goes away), with
 /// one query per requested partition, in turn, each streamed row by row; the page size is shared among
 /// the partitions as [`MemoryFeed`](crate::server::MemoryFeed) shares it.
-/// A cursor is the row's `position`, in decimal; a cursor that names no
-/// servable row of its partition is [`ReadError::UnknownCursor`]. `_last`
+/// A cursor is the row's `position` and the feed's id (drawn when the table
+/// was made), in decimal, joined by `.`; a cursor of another feed, or one
+/// that names no servable row of its partition, is
+/// [`ReadError::UnknownCursor`]. `_last`
 /// starts at the last servable row.
 ///
 /// # The horizon
@@ -73,6 +75,7 @@ pub struct PostgresFeed {
     pages: Arc<SharedPages>,
     held_back: Arc<HeldBack>,
     counter_checked: Arc<Mutex<Option<Instant>>>,
+    id: Arc<tokio::sync::OnceCell<u64>>,
 }
 
 /// How often a feed checks that its outbox's counter is ahead of the rows
@@ -89,6 +92,7 @@ impl PostgresFeed {
             pages: Arc::default(),
             held_back: Arc::default(),
             counter_checked: Arc::default(),
+            id: Arc::default(),
             outbox,
             pool,
         }
@@ -109,6 +113,27 @@ impl PostgresFeed {
     /// until it ends.
     pub async fn horizon_holders(&self) -> Result<Vec<HorizonHolder>, sqlx::Error> {
         holders::query(&self.pool, &self.outbox.table.sql.holders).await
+    }
+
+    /// The feed's id, which its cursors carry: read once, from the table
+    /// `migrate` made.
+    async fn id(&self) -> Result<u64, ReadError> {
+        self.id
+            .get_or_try_init(|| async {
+                let id: i64 = sqlx::query_scalar(&self.outbox.table.sql.feed_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|error| {
+                        ReadError::internal(format!(
+                            "the id of outbox {} (its table {}_feed, made by migrate): {error}",
+                            self.outbox.table(),
+                            self.outbox.table()
+                        ))
+                    })?;
+                Ok(id as u64)
+            })
+            .await
+            .copied()
     }
 
     /// Checks the outbox's counter at the first read and every
@@ -204,6 +229,7 @@ impl PostgresFeed {
         cursors: &[(u32, Cursor)],
     ) -> Result<(Starts, Vec<Checkpoint>), ReadError> {
         let table = &self.outbox.table;
+        let id = self.id().await?;
         let mut starts = Vec::with_capacity(cursors.len());
         // The `_last` partitions, and the cursors to prove handed out.
         let mut lasts = Vec::new();
@@ -218,10 +244,7 @@ impl PostgresFeed {
                 lasts.push(partition);
                 0
             } else {
-                let key = cursor::decode::<1>(cursor)
-                    .map(|[position]| position)
-                    .filter(|position| i64::try_from(*position).is_ok());
-                let Some(key) = key else {
+                let Some(key) = cursor::decode_row(cursor, id) else {
                     // Not ours; but a cursor before it that names no row
                     // is the first error of the request.
                     malformed = Some(partition);
@@ -246,7 +269,7 @@ impl PostgresFeed {
             let start = heads.servable.unwrap_or(0);
             let at = heads
                 .servable
-                .map_or_else(Cursor::first, |position| cursor::encode([position]));
+                .map_or_else(Cursor::first, |position| cursor::encode_row(position, id));
             opening.push(Checkpoint::new(*partition, at));
             if let Some(slot) = starts.iter_mut().find(|(p, _)| p == partition) {
                 slot.1 = start;
@@ -420,6 +443,7 @@ impl PostgresFeed {
     /// among them.
     fn stream_page(
         &self,
+        id: u64,
         (mut tx, horizon): (Transaction<'static, Postgres>, u64),
         opening: Vec<Checkpoint>,
         starts: Starts,
@@ -448,7 +472,7 @@ impl PostgresFeed {
                         let data: String = row.try_get(1).map_err(ReadError::internal)?;
                         let headers: Option<&str> = row.try_get(2).map_err(ReadError::internal)?;
                         let event = row_event(partition, data, headers, &selection)?;
-                        emit_event(&emitter, event, cursor::encode([key])).await;
+                        emit_event(&emitter, event, cursor::encode_row(key, id)).await;
                         taken += 1;
                     }
                 }
@@ -521,6 +545,7 @@ impl FeedReader for PostgresFeed {
 
     async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
         self.check_counter().await?;
+        let id = self.id().await?;
         let request = context.request();
         let selection = request.headers().clone();
         if context.wait_deadline().is_none() {
@@ -529,6 +554,7 @@ impl FeedReader for PostgresFeed {
                 .starts(Some((&mut tx, horizon)), request.cursors())
                 .await?;
             return Ok(self.stream_page(
+                id,
                 (tx, horizon),
                 opening,
                 starts,
@@ -543,7 +569,7 @@ impl FeedReader for PostgresFeed {
         match self.wait(&context, starts).await? {
             Woken::Deadline(starts) => {
                 let tx = self.begin().await?;
-                Ok(self.stream_page(tx, opening, starts, selection, context.page_size()))
+                Ok(self.stream_page(id, tx, opening, starts, selection, context.page_size()))
             }
             Woken::News { look, starts } => {
                 let key = PageKey {
@@ -551,11 +577,19 @@ impl FeedReader for PostgresFeed {
                     page_size: context.page_size().min(SHARED_PAGE_ROWS),
                     headers: selection,
                 };
-                let read = || async {
-                    let tx = self.begin().await?;
-                    let key = key.clone();
-                    Ok(self.stream_page(tx, Vec::new(), key.starts, key.headers, key.page_size))
-                };
+                let read =
+                    || async {
+                        let tx = self.begin().await?;
+                        let key = key.clone();
+                        Ok(self.stream_page(
+                            id,
+                            tx,
+                            Vec::new(),
+                            key.starts,
+                            key.headers,
+                            key.page_size,
+                        ))
+                    };
                 let items = self
                     .pages
                     .page(key.clone(), look, self.looks.looks_done(), read)

@@ -29,7 +29,16 @@ CREATE TABLE IF NOT EXISTS {table} (
 CREATE TABLE IF NOT EXISTS {table}_pruned (
     partition integer PRIMARY KEY,
     position bigint NOT NULL
-);";
+);
+CREATE TABLE IF NOT EXISTS {table}_feed (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    id bigint NOT NULL
+);
+INSERT INTO {table}_feed (id) VALUES (floor(random() * 4294967296)::bigint)
+ON CONFLICT (one) DO NOTHING;";
+
+    /// The feed's id, which its cursors carry.
+    pub(crate) const FEED_ID: &str = "SELECT id FROM {table}_feed";
 
     /// Serializes concurrent `migrate` calls.
     pub(crate) const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
@@ -262,6 +271,7 @@ SELECT count(*) FROM deleted";
             INSERT_BATCH,
             NOTIFY,
             READ,
+            FEED_ID,
             COUNTER,
             REPAIR_COUNTER,
             HORIZON,
@@ -284,6 +294,7 @@ SELECT count(*) FROM deleted";
         pub(crate) insert: String,
         pub(crate) insert_batch: String,
         pub(crate) notify: String,
+        pub(crate) feed_id: String,
         pub(crate) counter: String,
         pub(crate) repair_counter: String,
         pub(crate) horizon: String,
@@ -351,6 +362,7 @@ impl PostgresOutbox {
                 insert: fill(sql::INSERT),
                 insert_batch: fill(sql::INSERT_BATCH),
                 notify: fill(sql::NOTIFY),
+                feed_id: fill(sql::FEED_ID),
                 counter: fill(sql::COUNTER),
                 repair_counter: fill(sql::REPAIR_COUNTER),
                 horizon: fill(sql::HORIZON),

@@ -20,8 +20,9 @@ use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadErro
 /// by row from one pooled connection (held for the page, given back when
 /// the page ends or the consumer goes away); the page size is shared among
 /// the partitions as [`MemoryFeed`](crate::server::MemoryFeed) shares it.
-/// A cursor is the row's `position` in decimal; a cursor that names no row
-/// of its partition is [`ReadError::UnknownCursor`]. `_last` starts at the
+/// A cursor is the row's `position` and the feed's id (drawn when the table
+/// was made), in decimal, joined by `.`; a cursor of another feed, or one
+/// that names no row of its partition, is [`ReadError::UnknownCursor`]. `_last` starts at the
 /// partition's last row.
 ///
 /// # Long polling
@@ -36,6 +37,7 @@ pub struct SqliteFeed {
     outbox: SqliteOutbox,
     pool: SqlitePool,
     signal: AppendSignal,
+    id: Arc<tokio::sync::OnceCell<u64>>,
 }
 
 impl SqliteFeed {
@@ -48,7 +50,29 @@ impl SqliteFeed {
                 .poll_every(SqliteFeed::DEFAULT_POLL),
             outbox,
             pool,
+            id: Arc::default(),
         }
+    }
+
+    /// The feed's id, which its cursors carry: read once, from the table
+    /// `migrate` made.
+    async fn id(&self) -> Result<u64, ReadError> {
+        self.id
+            .get_or_try_init(|| async {
+                let id: i64 = sqlx::query_scalar(&self.outbox.table.sql.feed_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|error| {
+                        ReadError::internal(format!(
+                            "the id of outbox {} (its table {}_feed, made by migrate): {error}",
+                            self.outbox.table(),
+                            self.outbox.table()
+                        ))
+                    })?;
+                Ok(id as u64)
+            })
+            .await
+            .copied()
     }
 
     /// A [`FeedService`] serving this feed with the default page sizes.
@@ -105,6 +129,7 @@ impl SqliteFeed {
     async fn start(
         &self,
         connection: &mut SqliteConnection,
+        id: u64,
         partition: u32,
         cursor: &Cursor,
     ) -> Result<(i64, Option<Checkpoint>), ReadError> {
@@ -120,13 +145,12 @@ impl SqliteFeed {
                 .await
                 .map_err(ReadError::internal)?;
             let at = match last {
-                Some(position) => cursor::encode([position_key(position)?]),
+                Some(position) => cursor::encode_row(position_key(position)?, id),
                 None => Cursor::first(),
             };
             return Ok((last.unwrap_or(0), Some(Checkpoint::new(partition, at))));
         }
-        let Some(position) = cursor::decode::<1>(cursor).and_then(|[p]| i64::try_from(p).ok())
-        else {
+        let Some(position) = cursor::decode_row(cursor, id).map(|position| position as i64) else {
             return Err(ReadError::UnknownCursor { partition });
         };
         let handed_out: bool = sqlx::query_scalar(&table.sql.handed_out)
@@ -158,11 +182,13 @@ impl FeedReader for SqliteFeed {
 
     async fn read(&self, context: ReadContext<'_>) -> Result<OutboxPage, ReadError> {
         let request = context.request();
+        let id = self.id().await?;
         let mut connection = self.pool.acquire().await.map_err(ReadError::internal)?;
         let mut starts = Vec::with_capacity(request.cursors().len());
         let mut opening = Vec::new();
         for (partition, cursor) in request.cursors() {
-            let (position, checkpoint) = self.start(&mut connection, *partition, cursor).await?;
+            let (position, checkpoint) =
+                self.start(&mut connection, id, *partition, cursor).await?;
             opening.extend(checkpoint);
             starts.push((*partition, position));
         }
@@ -202,7 +228,7 @@ impl FeedReader for SqliteFeed {
                         emit_event(
                             &emitter,
                             event,
-                            cursor::encode([position_key(row.position)?]),
+                            cursor::encode_row(position_key(row.position)?, id),
                         )
                         .await;
                         after = row.position;

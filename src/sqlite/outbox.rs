@@ -27,7 +27,16 @@ CREATE INDEX IF NOT EXISTS {table}_by_partition ON {table} (partition, position)
 CREATE TABLE IF NOT EXISTS {table}_pruned (
     partition INTEGER PRIMARY KEY,
     position INTEGER NOT NULL
-);";
+);
+CREATE TABLE IF NOT EXISTS {table}_feed (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    id INTEGER NOT NULL
+);
+INSERT INTO {table}_feed (one, id) VALUES (1, abs(random() % 4294967296))
+ON CONFLICT (one) DO NOTHING;";
+
+    /// The feed's id, which its cursors carry.
+    pub(crate) const FEED_ID: &str = "SELECT id FROM {table}_feed";
 
     /// One event.
     pub(crate) const APPEND: &str =
@@ -104,6 +113,7 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
     fn the_module_docs_show_every_statement() {
         let statements = [
             SCHEMA,
+            FEED_ID,
             APPEND,
             READ,
             LAST,
@@ -118,6 +128,7 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
 
     /// The statements of one table, filled in.
     pub(crate) struct Statements {
+        pub(crate) feed_id: String,
         pub(crate) kept: String,
         pub(crate) prune: String,
         pub(crate) remember_pruned: String,
@@ -195,6 +206,7 @@ impl SqliteOutbox {
     pub fn new(table: TableName, partition_count: u32) -> Self {
         let table = OutboxTable::new(table, partition_count, |fill| sql::Statements {
             schema: fill(sql::SCHEMA),
+            feed_id: fill(sql::FEED_ID),
             append: fill(sql::APPEND),
             read: fill(sql::READ),
             last: fill(sql::LAST),
