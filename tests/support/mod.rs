@@ -21,3 +21,5 @@ pub(crate) mod outbox;
 pub(crate) mod outbox_suite;
 pub(crate) mod readers;
 pub(crate) mod transport;
+#[cfg(feature = "client")]
+pub(crate) mod workload;
