@@ -46,6 +46,11 @@ use zeroeventhub::server::{
 };
 use zeroeventhub::workload;
 
+#[path = "support/outbox.rs"]
+mod outbox;
+
+use outbox::{SqlOutbox, commit};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const PARTITIONS: u32 = 2;
@@ -118,18 +123,8 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     );
 
     // End to end.
-    let outbox = PostgresOutbox::new(TableName::new("events")?, PARTITIONS);
-    outbox.migrate(&pg).await?;
-    load(options.events, |events| {
-        let (pool, outbox) = (pg.clone(), outbox.clone());
-        async move {
-            let mut tx = pool.begin().await?;
-            outbox.append_batch(&mut tx, &events).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let outbox: PostgresOutbox = migrated(&pg, "events").await?;
+    load(options.events, &pg, &outbox).await?;
     sqlx::raw_sql("VACUUM ANALYZE events").execute(&pg).await?;
     let ours_pg = end_to_end(outbox.feed(pg.clone()).service(), total).await?;
     let bare = bare_select(
@@ -142,18 +137,8 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let ours_pg_again = end_to_end(outbox.feed(pg.clone()).service(), total).await?;
     let ours_pg = ours_pg.max(ours_pg_again);
 
-    let sqlite_outbox = SqliteOutbox::new(TableName::new("events")?, PARTITIONS);
-    sqlite_outbox.migrate(&sqlite).await?;
-    load(options.events, |events| {
-        let (pool, outbox) = (sqlite.clone(), sqlite_outbox.clone());
-        async move {
-            let mut tx = pool.begin().await?;
-            outbox.append_batch(&mut tx, &events).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let sqlite_outbox: SqliteOutbox = migrated(&sqlite, "events").await?;
+    load(options.events, &sqlite, &sqlite_outbox).await?;
     let ours_sqlite = end_to_end(sqlite_outbox.feed(sqlite.clone()).service(), total).await?;
     let bare_sqlite = bare_select(
         &sqlite,
@@ -177,8 +162,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     );
 
     // Appends.
-    let plain = PostgresOutbox::new(TableName::new("plain_events")?, PARTITIONS);
-    plain.migrate(&pg).await?;
+    let _: PostgresOutbox = migrated(&pg, "plain_events").await?;
     // The same rows as the outbox, so that both inserts go into indexes of
     // the same depth.
     sqlx::query(
@@ -198,26 +182,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let mut pg_plain_rates = Vec::new();
     let after_commit = outbox.notify_after_commit(pg.clone());
     for _ in 0..ROUNDS {
-        pg_plain_rates.push({
-            let pg = pg.clone();
-            append_rate(options.appends, move |event| {
-                let pool = pg.clone();
-                async move {
-                    let mut tx = pool.begin().await?;
-                    let spent = timed(
-                        sqlx::query(plain_insert)
-                            .bind(event.partition(PARTITIONS) as i32)
-                            .bind(Option::<String>::None)
-                            .bind(event.data().as_str())
-                            .execute(&mut *tx),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(spent)
-                }
-            })
-            .await?
-        });
+        pg_plain_rates.push(plain_rate(options.appends, &pg, plain_insert).await?);
         for (writer, rates) in [
             (Writer::Notifying(outbox.clone()), &mut pg_outbox_rates),
             (
@@ -235,8 +200,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
             );
         }
     }
-    let sqlite_plain = SqliteOutbox::new(TableName::new("plain_events")?, PARTITIONS);
-    sqlite_plain.migrate(&sqlite).await?;
+    let _: SqliteOutbox = migrated(&sqlite, "plain_events").await?;
     sqlx::query(
         "INSERT INTO plain_events (partition, headers, data) \
          SELECT partition, headers, data FROM events ORDER BY position",
@@ -247,26 +211,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let mut sqlite_outbox_rates = Vec::new();
     let mut sqlite_plain_rates = Vec::new();
     for _ in 0..ROUNDS {
-        sqlite_plain_rates.push({
-            let sqlite = sqlite.clone();
-            append_rate(options.appends, move |event| {
-                let pool = sqlite.clone();
-                async move {
-                    let mut tx = pool.begin().await?;
-                    let spent = timed(
-                        sqlx::query(sqlite_insert)
-                            .bind(i64::from(event.partition(PARTITIONS)))
-                            .bind(Option::<String>::None)
-                            .bind(event.data().as_str())
-                            .execute(&mut *tx),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Ok(spent)
-                }
-            })
-            .await?
-        });
+        sqlite_plain_rates.push(plain_rate(options.appends, &sqlite, sqlite_insert).await?);
         sqlite_outbox_rates.push({
             let (sqlite, sqlite_outbox) = (sqlite.clone(), sqlite_outbox.clone());
             append_rate(options.appends, move |event| {
@@ -362,37 +307,48 @@ async fn sqlite_pool() -> Result<SqlitePool, BoxError> {
         .await?)
 }
 
-/// Appends `events` standard events to each partition, 10,000 per
-/// transaction through `commit`.
-async fn load<F, Fut>(events: u64, commit: F) -> Result<(), BoxError>
-where
-    F: Fn(Vec<OutboxEvent>) -> Fut,
-    Fut: Future<Output = Result<(), BoxError>>,
-{
+/// The outbox in `table`, created if missing, with `pool`.
+async fn migrated<O: SqlOutbox>(pool: &Pool<O::Database>, table: &str) -> Result<O, BoxError> {
+    let outbox = O::new(TableName::new(table)?, PARTITIONS);
+    outbox.migrate(pool).await?;
+    Ok(outbox)
+}
+
+/// Appends `events` standard events to each partition of `outbox`,
+/// 10,000 per transaction.
+async fn load<O: SqlOutbox>(
+    events: u64,
+    pool: &Pool<O::Database>,
+    outbox: &O,
+) -> Result<(), BoxError> {
     for partition in 0..PARTITIONS {
         let mut index = 0;
         while index < events {
             let end = (index + 10_000).min(events);
-            commit(
-                (index..end)
-                    .map(|i| {
-                        OutboxEvent::in_partition(partition, workload::event_data(partition, i))
-                    })
-                    .collect(),
-            )
-            .await?;
+            let batch: Vec<_> = (index..end)
+                .map(|i| OutboxEvent::in_partition(partition, workload::event_data(partition, i)))
+                .collect();
+            commit(pool, outbox, &batch, Duration::ZERO).await?;
             index = end;
         }
     }
     Ok(())
 }
 
-/// Serves `service` on loopback and reads it all from `_first`; events/s.
-async fn end_to_end<R: FeedReader>(service: FeedService<R>, total: u64) -> Result<f64, BoxError> {
+/// Serves `service` at `/feed/v1` on a free loopback port: its URL, and
+/// the server's task.
+async fn serve<R: FeedReader>(
+    service: FeedService<R>,
+) -> Result<(String, tokio::task::JoinHandle<()>), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/feed/v1", listener.local_addr()?);
     let app = axum::Router::new().route_service("/feed/v1", service);
-    let server = tokio::spawn(Server::new().serve(listener, app));
+    Ok((url, tokio::spawn(Server::new().serve(listener, app))))
+}
+
+/// Serves `service` on loopback and reads it all from `_first`; events/s.
+async fn end_to_end<R: FeedReader>(service: FeedService<R>, total: u64) -> Result<f64, BoxError> {
+    let (url, server) = serve(service).await?;
     let client = Client::builder(url.parse()?, PARTITIONS).build();
     let mut request = FeedRequest::new(PARTITIONS, (0..PARTITIONS).map(|p| (p, Cursor::first())))?
         .with_page_size_hint(PAGE_SIZE);
@@ -490,6 +446,41 @@ where
     })
 }
 
+/// [`append_rate`] of `insert`, a plain `INSERT` of an event's partition,
+/// headers (none) and data, each in a transaction of its own on `pool`.
+async fn plain_rate<DB>(
+    appends: u64,
+    pool: &Pool<DB>,
+    insert: &'static str,
+) -> Result<Rates, BoxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    i32: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let pool = pool.clone();
+    append_rate(appends, move |event| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            let spent = timed(
+                sqlx::query::<DB>(insert)
+                    .bind(event.partition(PARTITIONS) as i32)
+                    .bind(Option::<String>::None)
+                    .bind(event.data().as_str())
+                    .execute(&mut *tx),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(spent)
+        }
+    })
+    .await
+}
+
 /// What an append run measured.
 #[derive(Debug, Clone, Copy)]
 struct Rates {
@@ -515,12 +506,9 @@ async fn receipts(
     count: u64,
 ) -> Result<Vec<f64>, BoxError> {
     let outbox = writer.outbox();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/feed/v1", listener.local_addr()?);
     let service = outbox.feed(pool.clone()).service();
     let feed = service.reader().clone();
-    let app = axum::Router::new().route_service("/feed/v1", service);
-    let server = tokio::spawn(Server::new().serve(listener, app));
+    let (url, server) = serve(service).await?;
     let committing: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
 
     let mut tasks = Vec::with_capacity(consumers);

@@ -392,14 +392,18 @@ async fn append_forever(feed: MemoryFeed, rate: u64, mut stopped: watch::Receive
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[path = "support/outbox.rs"]
+mod outbox;
+
 /// The feed over an outbox table, and its writers.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod database {
-    use std::future::Future;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use sqlx::Pool;
     use tokio::sync::watch;
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
@@ -407,29 +411,79 @@ mod database {
     use zeroeventhub::workload;
 
     use super::Options;
+    use super::outbox::{SqlOutbox, commit};
 
     /// Events appended per transaction at most, when writers are behind.
     const MAX_BATCH: u64 = 1_000;
     /// Events loaded per transaction.
     const LOAD_BATCH: u64 = 10_000;
 
-    /// What `serve` needs of an outbox: the writer, and two questions
-    /// about the table.
-    pub(super) trait Outbox: Clone + Send + Sync + 'static {
+    /// An outbox whose rows `serve` asks about.
+    pub(super) trait Numbered: SqlOutbox {
+        /// A query of each partition of `table` with rows, and its largest
+        /// `person_id`, both as 64-bit integers.
+        fn largest_person_ids(table: &TableName) -> String;
+    }
+
+    #[cfg(feature = "postgres")]
+    impl Numbered for zeroeventhub::server::PostgresOutbox {
+        fn largest_person_ids(table: &TableName) -> String {
+            format!(
+                "SELECT partition::bigint, max((data->>'person_id')::bigint) FROM {table} GROUP BY partition"
+            )
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    impl Numbered for zeroeventhub::server::SqliteOutbox {
+        fn largest_person_ids(table: &TableName) -> String {
+            format!(
+                "SELECT partition, max(json_extract(data, '$.person_id')) FROM {table} GROUP BY partition"
+            )
+        }
+    }
+
+    /// An outbox table, and the pool its writers append with.
+    struct Table<O: SqlOutbox> {
+        pool: Pool<O::Database>,
+        outbox: O,
+        name: TableName,
+    }
+
+    impl<O: SqlOutbox> Clone for Table<O> {
+        fn clone(&self) -> Self {
+            Table {
+                pool: self.pool.clone(),
+                outbox: self.outbox.clone(),
+                name: self.name.clone(),
+            }
+        }
+    }
+
+    impl<O: Numbered> Table<O> {
         /// Appends `events` in one transaction held open for `hold`
         /// before it commits.
-        fn commit(
+        async fn commit(
             &self,
             events: Vec<OutboxEvent>,
             hold: Duration,
-        ) -> impl Future<Output = Result<(), OutboxError>> + Send;
+        ) -> Result<(), OutboxError> {
+            commit(&self.pool, &self.outbox, &events, hold).await
+        }
 
         /// The next unused index of each partition: one past its largest
         /// `person_id` (0 for an empty partition).
-        fn next_indices(
-            &self,
-            partitions: u32,
-        ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send;
+        async fn next_indices(&self, partitions: u32) -> Result<Vec<u64>, sqlx::Error> {
+            let query = O::largest_person_ids(&self.name);
+            let largest = O::pairs(&self.pool, &query).await?;
+            let mut next = vec![0; partitions as usize];
+            for (partition, max) in largest {
+                if let (Some(slot), Some(max)) = (next.get_mut(partition as usize), max) {
+                    *slot = u64::try_from(max).map_or(0, |max| max + 1);
+                }
+            }
+            Ok(next)
+        }
     }
 
     /// Opens the feed of `url`: the router serving it, and the writer tasks.
@@ -449,14 +503,10 @@ mod database {
                     .connect(url)
                     .await
                     .map_err(|error| format!("cannot connect to {url}: {error}"))?;
-                let outbox = zeroeventhub::server::PostgresOutbox::new(table, options.partitions);
-                outbox
-                    .migrate(&pool)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let feed = outbox.feed(pool.clone());
-                let writers = start(Postgres { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, in_flight, stopped), writers));
+                return serve::<zeroeventhub::server::PostgresOutbox>(
+                    pool, table, options, in_flight, stopped,
+                )
+                .await;
             }
             #[cfg(not(feature = "postgres"))]
             return Err("this build lacks the `postgres` feature".to_owned());
@@ -478,14 +528,10 @@ mod database {
                     .connect_with(connect)
                     .await
                     .map_err(|error| format!("cannot open {path}: {error}"))?;
-                let outbox = zeroeventhub::server::SqliteOutbox::new(table, options.partitions);
-                outbox
-                    .migrate(&pool)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let feed = outbox.feed(pool.clone());
-                let writers = start(Sqlite { pool, outbox }, options, stopped).await?;
-                return Ok((super::app(feed, options, in_flight, stopped), writers));
+                return serve::<zeroeventhub::server::SqliteOutbox>(
+                    pool, table, options, in_flight, stopped,
+                )
+                .await;
             }
             #[cfg(not(feature = "sqlite"))]
             return Err(format!("this build lacks the `sqlite` feature for {path}"));
@@ -495,9 +541,28 @@ mod database {
         ))
     }
 
+    /// Serves the outbox in `table`, its schema created if missing, over
+    /// `pool`: the router, and the writer tasks.
+    async fn serve<O: Numbered>(
+        pool: Pool<O::Database>,
+        name: TableName,
+        options: &Options,
+        in_flight: &Arc<AtomicUsize>,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<(axum::Router, Vec<JoinHandle<u64>>), String> {
+        let outbox = O::new(name.clone(), options.partitions);
+        outbox
+            .migrate(&pool)
+            .await
+            .map_err(|error| error.to_string())?;
+        let feed = outbox.feed(pool.clone());
+        let writers = start(Table { pool, outbox, name }, options, stopped).await?;
+        Ok((super::app(feed, options, in_flight, stopped), writers))
+    }
+
     /// Loads the workload into an empty table, and starts the writers.
-    async fn start<O: Outbox>(
-        outbox: O,
+    async fn start<O: Numbered>(
+        outbox: Table<O>,
         options: &Options,
         stopped: &watch::Receiver<bool>,
     ) -> Result<Vec<JoinHandle<u64>>, String> {
@@ -549,8 +614,8 @@ mod database {
 
     /// Appends `rate` events per second, one transaction at a time, each
     /// held open 0-20 ms, until stopped; returns how many it committed.
-    async fn write<O: Outbox>(
-        outbox: O,
+    async fn write<O: Numbered>(
+        outbox: Table<O>,
         next: Arc<[AtomicU64]>,
         rate: f64,
         writer: u64,
@@ -605,87 +670,5 @@ mod database {
             self.0 ^= self.0 << 17;
             self.0 % bound.max(1)
         }
-    }
-
-    #[cfg(feature = "postgres")]
-    #[derive(Clone)]
-    struct Postgres {
-        pool: sqlx::PgPool,
-        outbox: zeroeventhub::server::PostgresOutbox,
-    }
-
-    #[cfg(feature = "postgres")]
-    impl Outbox for Postgres {
-        async fn commit(
-            &self,
-            events: Vec<OutboxEvent>,
-            hold: Duration,
-        ) -> Result<(), OutboxError> {
-            let mut tx = self.pool.begin().await?;
-            self.outbox.append_batch(&mut tx, &events).await?;
-            tokio::time::sleep(hold).await;
-            tx.commit().await?;
-            Ok(())
-        }
-
-        async fn next_indices(&self, partitions: u32) -> Result<Vec<u64>, sqlx::Error> {
-            let query = format!(
-                "SELECT partition, max((data->>'person_id')::bigint) FROM {} GROUP BY partition",
-                self.outbox.table()
-            );
-            let rows: Vec<(i32, Option<i64>)> =
-                sqlx::query_as(&query).fetch_all(&self.pool).await?;
-            Ok(next_indices(
-                partitions,
-                rows.into_iter().map(|(p, max)| (p as i64, max)),
-            ))
-        }
-    }
-
-    #[cfg(feature = "sqlite")]
-    #[derive(Clone)]
-    struct Sqlite {
-        pool: sqlx::SqlitePool,
-        outbox: zeroeventhub::server::SqliteOutbox,
-    }
-
-    #[cfg(feature = "sqlite")]
-    impl Outbox for Sqlite {
-        async fn commit(
-            &self,
-            events: Vec<OutboxEvent>,
-            hold: Duration,
-        ) -> Result<(), OutboxError> {
-            let mut tx = self.pool.begin().await?;
-            self.outbox.append_batch(&mut tx, &events).await?;
-            tokio::time::sleep(hold).await;
-            tx.commit().await?;
-            Ok(())
-        }
-
-        async fn next_indices(&self, partitions: u32) -> Result<Vec<u64>, sqlx::Error> {
-            let query = format!(
-                "SELECT partition, max(json_extract(data, '$.person_id')) FROM {} GROUP BY partition",
-                self.outbox.table()
-            );
-            let rows: Vec<(i64, Option<i64>)> =
-                sqlx::query_as(&query).fetch_all(&self.pool).await?;
-            Ok(next_indices(partitions, rows))
-        }
-    }
-
-    /// One past the largest index of each partition, from `(partition,
-    /// largest)` rows.
-    fn next_indices(
-        partitions: u32,
-        largest: impl IntoIterator<Item = (i64, Option<i64>)>,
-    ) -> Vec<u64> {
-        let mut next = vec![0; partitions as usize];
-        for (partition, max) in largest {
-            if let (Some(slot), Some(max)) = (next.get_mut(partition as usize), max) {
-                *slot = u64::try_from(max).map_or(0, |max| max + 1);
-            }
-        }
-        next
     }
 }

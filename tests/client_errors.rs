@@ -142,7 +142,12 @@ struct Order {
     id: u64,
 }
 
-fn orders_with_a_poison_event() -> MemoryFeed {
+/// A client of a feed of orders, one of them poison, and a request for
+/// all of it.
+fn orders_with_a_poison_event() -> (
+    Client<impl HttpService + Clone>,
+    zeroeventhub::protocol::FeedRequest,
+) {
     let feed = MemoryFeed::new(2);
     for (partition, data) in [
         (1, r#"{"id":1}"#),
@@ -154,17 +159,17 @@ fn orders_with_a_poison_event() -> MemoryFeed {
         feed.append(Event::new(partition, RawJson::from_bytes(data).unwrap()))
             .unwrap();
     }
-    feed
-}
-
-#[tokio::test]
-async fn a_poison_event_is_its_own_error_not_a_broken_feed() {
-    let feed = orders_with_a_poison_event();
     let client =
         Client::builder("http://feed.example/v1".parse().unwrap(), 2).build_with(feed.service());
     let request = client
         .request([(0, Cursor::first()), (1, Cursor::first())])
         .unwrap();
+    (client, request)
+}
+
+#[tokio::test]
+async fn a_poison_event_is_its_own_error_not_a_broken_feed() {
+    let (client, request) = orders_with_a_poison_event();
     let error = client.fetch_page_as::<Order>(&request).await.unwrap_err();
     assert!(error.is_invalid_data(), "{error:?}");
     assert!(!error.is_decode() && !error.is_retryable());
@@ -187,12 +192,7 @@ async fn a_poison_event_is_its_own_error_not_a_broken_feed() {
 
 #[tokio::test]
 async fn the_stream_goes_on_after_a_poison_event() {
-    let feed = orders_with_a_poison_event();
-    let client =
-        Client::builder("http://feed.example/v1".parse().unwrap(), 2).build_with(feed.service());
-    let request = client
-        .request([(0, Cursor::first()), (1, Cursor::first())])
-        .unwrap();
+    let (client, request) = orders_with_a_poison_event();
     let mut lines = client.fetch_as::<Order>(&request).await.unwrap();
     let (mut events, mut checkpoints, mut refused) = (0, 0, Vec::new());
     while let Some(item) = lines.next().await {

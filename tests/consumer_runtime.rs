@@ -38,13 +38,18 @@ fn append(feed: &MemoryFeed, partition: u32, index: u64) {
     feed.append(Event::new(partition, data)).unwrap();
 }
 
-fn feed_with(per_partition: u64) -> MemoryFeed {
-    let feed = MemoryFeed::new(PARTITIONS);
-    for index in 0..per_partition {
+/// Appends the events `indices` to every partition of `feed`.
+fn append_rows(feed: &MemoryFeed, indices: std::ops::Range<u64>) {
+    for index in indices {
         for partition in 0..PARTITIONS {
-            append(&feed, partition, index);
+            append(feed, partition, index);
         }
     }
+}
+
+fn feed_with(per_partition: u64) -> MemoryFeed {
+    let feed = MemoryFeed::new(PARTITIONS);
+    append_rows(&feed, 0..per_partition);
     feed
 }
 
@@ -151,11 +156,41 @@ where
     D: serde::de::DeserializeOwned + Send + Sync,
     H: Handler<St::Transaction, D>,
 {
+    in_time(runtime.run_as(handler, caught_up(runtime))).await;
+}
+
+/// Runs `runtime` with [`Keep`], never told to shut down, until an error
+/// stops it, in time; gives the error.
+async fn stopped_by_an_error<S>(
+    runtime: &Runtime<S, MemoryStore<Numbered>>,
+) -> zeroeventhub::consumer::Error
+where
+    S: HttpService + Clone,
+{
+    tokio::time::timeout(
+        LIVENESS,
+        runtime.run_as::<Numbered, _>(Keep, std::future::pending()),
+    )
+    .await
+    .expect("the runtime stops in time")
+    .unwrap_err()
+}
+
+/// A shutdown signal that comes once `runtime` has caught up.
+fn caught_up<S, St>(runtime: &Runtime<S, St>) -> impl Future<Output = ()> + use<S, St>
+where
+    S: HttpService + Clone,
+    St: CursorStore,
+{
     let stats = runtime.stats();
-    let caught_up = async move {
+    async move {
         stats.wait_for(|stats| stats.caught_up).await;
-    };
-    tokio::time::timeout(LIVENESS, runtime.run_as(handler, caught_up))
+    }
+}
+
+/// Awaits `run`, a run of the runtime that must end in time and cleanly.
+async fn in_time(run: impl Future<Output = Result<(), zeroeventhub::consumer::Error>>) {
+    tokio::time::timeout(LIVENESS, run)
         .await
         .expect("the runtime catches up in time")
         .expect("the runtime stops cleanly");
@@ -279,13 +314,7 @@ async fn poison_events_stop_the_runtime_by_default() {
     with_client(&feed, Transport::InProcess, |client| async move {
         let store = MemoryStore::new();
         let runtime = Runtime::new(client, store.clone(), "strict");
-        let error = tokio::time::timeout(
-            LIVENESS,
-            runtime.run_as::<Numbered, _>(Keep, std::future::pending()),
-        )
-        .await
-        .expect("the runtime stops in time")
-        .unwrap_err();
+        let error = stopped_by_an_error(&runtime).await;
         assert!(error.is_poison() && !error.is_feed(), "{error:?}");
         assert_eq!(error.partition(), Some(1));
         assert!(error.to_string().contains("partition 1"), "{error}");
@@ -301,11 +330,7 @@ async fn poison_events_go_to_the_dead_letters_when_asked() {
     let feed = feed_with(5);
     let poison = RawJson::from_bytes(r#"{"p":"one"}"#).unwrap();
     feed.append(Event::new(1, poison.clone())).unwrap();
-    for index in 5..8 {
-        for partition in 0..PARTITIONS {
-            append(&feed, partition, index);
-        }
-    }
+    append_rows(&feed, 5..8);
     with_client(&feed, Transport::InProcess, |client| async move {
         let store = MemoryStore::new();
         let runtime = Runtime::new(client, store.clone(), "lenient")
@@ -340,26 +365,47 @@ impl Handler<Transaction<'static, Sqlite>> for Received {
         events: &[Event],
     ) -> Result<(), sqlx::Error> {
         for event in events {
-            sqlx::query("INSERT INTO received (partition, data) VALUES (?, ?)")
-                .bind(i64::from(event.partition))
-                .bind(event.data.as_str())
-                .execute(&mut **transaction)
-                .await?;
+            insert_received(transaction, event.partition, event.data.as_str()).await?;
         }
         Ok(())
     }
 }
 
-async fn sqlite_store(test: &str) -> SqliteStore {
-    let options = database::sqlite_url(test)
-        .parse::<SqliteConnectOptions>()
-        .unwrap()
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+/// Writes a row of `received` in `transaction`.
+async fn insert_received(
+    transaction: &mut Transaction<'static, Sqlite>,
+    partition: u32,
+    data: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO received (partition, data) VALUES (?, ?)")
+        .bind(i64::from(partition))
+        .bind(data)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}
+
+/// A fresh SQLite file for `test`, opened with `options`, with the table
+/// `received` of [`Received`].
+async fn received_pool(
+    test: &str,
+    options: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+) -> SqlitePool {
+    let url = database::sqlite_url(test);
+    let options = options(url.parse::<SqliteConnectOptions>().unwrap());
     let pool = SqlitePool::connect_with(options).await.unwrap();
     sqlx::query("CREATE TABLE received (partition INTEGER NOT NULL, data TEXT NOT NULL)")
         .execute(&pool)
         .await
         .unwrap();
+    pool
+}
+
+async fn sqlite_store(test: &str) -> SqliteStore {
+    let pool = received_pool(test, |options| {
+        options.synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+    })
+    .await;
     let store = SqliteStore::new(pool);
     store.migrate().await.unwrap();
     store
@@ -379,16 +425,10 @@ async fn received(pool: &SqlitePool) -> Vec<Numbered> {
         .collect()
 }
 
-/// Runs `runtime` with [`Received`] until it has caught up.
+/// Runs `runtime` with [`Received`], events undecoded, until it has
+/// caught up.
 async fn run_raw_until_caught_up<S: HttpService + Clone>(runtime: &Runtime<S, SqliteStore>) {
-    let stats = runtime.stats();
-    let caught_up = async move {
-        stats.wait_for(|stats| stats.caught_up).await;
-    };
-    tokio::time::timeout(LIVENESS, runtime.run(Received, caught_up))
-        .await
-        .expect("the runtime catches up in time")
-        .expect("the runtime stops cleanly");
+    in_time(runtime.run(Received, caught_up(runtime))).await;
 }
 
 #[tokio::test]
@@ -408,11 +448,7 @@ async fn sqlite_effects_and_cursors_commit_together_and_a_restart_goes_on() {
                 assert_exactly_once(received(store.pool()).await, 300);
 
                 // A new instance (a restarted process) reads the cursors back.
-                for index in 300..400 {
-                    for partition in 0..PARTITIONS {
-                        append(&feed, partition, index);
-                    }
-                }
+                append_rows(&feed, 300..400);
                 let restarted = Runtime::new(client, store.clone(), "sqlite").with_page_size(50);
                 run_raw_until_caught_up(&restarted).await;
                 assert_exactly_once(received(store.pool()).await, 400);
@@ -450,14 +486,7 @@ async fn a_store_keeps_its_cursors_in_tables_named_by_the_outbox_rule() {
     let outbox_name: zeroeventhub::server::TableName = TableName::new("app_cursors").unwrap();
 
     let feed = feed_with(20);
-    let options = database::sqlite_url("runtime-tables")
-        .parse::<SqliteConnectOptions>()
-        .unwrap();
-    let pool = SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query("CREATE TABLE received (partition INTEGER NOT NULL, data TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = received_pool("runtime-tables", |options| options).await;
     let store = SqliteStore::new(pool.clone())
         .with_tables(outbox_name, TableName::new("app_dead_letters").unwrap());
     store.migrate().await.unwrap();
@@ -511,11 +540,7 @@ async fn sqlite_dead_letters_are_rows_of_the_same_transaction() {
                 ) -> Result<(), sqlx::Error> {
                     for event in events {
                         let data = serde_json::json!({"p": event.data.p, "i": event.data.i});
-                        sqlx::query("INSERT INTO received (partition, data) VALUES (?, ?)")
-                            .bind(i64::from(event.partition))
-                            .bind(data.to_string())
-                            .execute(&mut **transaction)
-                            .await?;
+                        insert_received(transaction, event.partition, &data.to_string()).await?;
                     }
                     Ok(())
                 }
@@ -555,6 +580,18 @@ struct Holding {
     calls: Arc<AtomicU32>,
 }
 
+impl Holding {
+    /// Tells `entered` when it holds its first page, which it lets go at
+    /// `release`.
+    fn new(entered: &Arc<Notify>, release: &Arc<Notify>) -> Self {
+        Holding {
+            entered: Arc::clone(entered),
+            release: Arc::clone(release),
+            calls: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
 impl Handler<MemoryTransaction<Numbered>, Numbered> for Holding {
     type Error = BoxError;
 
@@ -579,11 +616,7 @@ async fn shutdown_during_a_page_rolls_it_back_and_a_restart_handles_it_once() {
         let store = MemoryStore::new();
         let entered = Arc::new(Notify::new());
         let runtime = Runtime::new(client.clone(), store.clone(), "stopping").with_page_size(6);
-        let handler = Holding {
-            entered: Arc::clone(&entered),
-            release: Arc::new(Notify::new()),
-            calls: Arc::new(AtomicU32::new(0)),
-        };
+        let handler = Holding::new(&entered, &Arc::new(Notify::new()));
         // Shutdown comes while the handler holds the first page.
         let shutdown = async move { entered.notified().await };
         tokio::time::timeout(LIVENESS, runtime.run_as(handler, shutdown))
@@ -610,11 +643,7 @@ async fn a_stale_instance_loses_its_compare_and_set_and_its_effects_roll_back() 
         let release = Arc::new(Notify::new());
         let stale = Runtime::new(client.clone(), store.clone(), "shared").with_page_size(9);
         let stale_stats = stale.stats();
-        let handler = Holding {
-            entered: Arc::clone(&entered),
-            release: Arc::clone(&release),
-            calls: Arc::new(AtomicU32::new(0)),
-        };
+        let handler = Holding::new(&entered, &release);
         let (stop, stopped) = oneshot::channel::<()>();
         let stale_run = stale.run_as(handler, async {
             let _ = stopped.await;
@@ -650,13 +679,7 @@ async fn a_feed_that_refuses_the_request_stops_the_runtime() {
     let feed = feed_with(1);
     let client = Client::new(feed.service(), "http://feed.test/".parse().unwrap(), 5);
     let runtime = Runtime::new(client, MemoryStore::<Numbered>::new(), "mismatch");
-    let error = tokio::time::timeout(
-        LIVENESS,
-        runtime.run_as::<Numbered, _>(Keep, std::future::pending()),
-    )
-    .await
-    .expect("the runtime stops in time")
-    .unwrap_err();
+    let error = stopped_by_an_error(&runtime).await;
     assert!(error.is_feed(), "{error:?}");
     let cause = std::error::Error::source(&error)
         .and_then(|source| source.downcast_ref::<zeroeventhub::client::Error>())

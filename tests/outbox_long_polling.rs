@@ -19,9 +19,10 @@ use sqlx::{Connection, Database, PgConnection, PgPool, SqlitePool};
 use support::database;
 use support::logs::Log;
 use support::outbox::{data, id_of};
+use support::outbox_suite::SqlOutbox;
 use support::transport::LIVENESS;
 use tokio::task::JoinHandle;
-use zeroeventhub::client::Client;
+use zeroeventhub::client::{Client, ClientStack};
 use zeroeventhub::protocol::{Cursor, FeedRequest, HeaderSelection};
 use zeroeventhub::server::{
     AppendSignal, Appended, FeedReader, FeedService, NotifyAfterCommit, OutboxEvent, PostgresFeed,
@@ -50,15 +51,21 @@ fn counting<DB: Database>(options: PoolOptions<DB>, taken: &Arc<AtomicUsize>) ->
 /// The ids of a page's events, and its next cursors.
 type Fetched = (Vec<String>, Vec<(u32, Cursor)>);
 
+/// A client of `service` in process, which waits for a page's head
+/// longer than any request waits.
+fn client<R: FeedReader + Clone>(service: &FeedService<R>) -> Client<ClientStack<FeedService<R>>> {
+    Client::builder("http://feed/".parse().unwrap(), 2)
+        .head_timeout(LONG_WAIT * 2)
+        .build_with(service.clone())
+}
+
 /// Sends `request` on a task of its own; the task gives the ids of the
 /// page's events and its next cursors.
 fn spawn_fetch<R: FeedReader + Clone>(
     service: &FeedService<R>,
     request: FeedRequest,
 ) -> JoinHandle<Fetched> {
-    let client = Client::builder("http://feed/".parse().unwrap(), 2)
-        .head_timeout(LONG_WAIT * 2)
-        .build_with(service.clone());
+    let client = client(service);
     tokio::spawn(async move {
         let page = client.fetch_page(&request).await.expect("a page");
         let ids = page.events().iter().map(id_of).collect();
@@ -93,18 +100,116 @@ fn waiting_request(cursors: Vec<(u32, Cursor)>, wait: Duration) -> FeedRequest {
     FeedRequest::new(2, cursors).unwrap().with_wait(wait)
 }
 
+/// A request from `cursors`, sent on a task of its own, once it is the
+/// one request waiting on `signal`.
+async fn waiting_fetch<R: FeedReader + Clone>(
+    service: &FeedService<R>,
+    signal: &AppendSignal,
+    cursors: Vec<(u32, Cursor)>,
+) -> JoinHandle<Fetched> {
+    let fetch = spawn_fetch(service, waiting_request(cursors, LONG_WAIT));
+    waiting(signal, 1).await;
+    fetch
+}
+
+/// Appends event `id` to partition 0 in a transaction on `connection`,
+/// and commits it, or rolls it back.
+async fn append<O: SqlOutbox>(
+    connection: &mut <O::Database as Database>::Connection,
+    outbox: &O,
+    id: u64,
+    commit: bool,
+) {
+    let mut tx = connection.begin().await.unwrap();
+    outbox
+        .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
+        .await
+        .unwrap();
+    if commit {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+}
+
+/// A request waiting from `cursors` is not woken by a rollback (it takes
+/// no connection of the pool counting into `taken`), and is by the next
+/// commit, which brings only the committed event. `append(id, commit)`
+/// appends event `id` in another connection.
+async fn a_rollback_wakes_nobody<R, F, Fut>(
+    service: &FeedService<R>,
+    signal: &AppendSignal,
+    taken: &AtomicUsize,
+    cursors: Vec<(u32, Cursor)>,
+    append: F,
+) where
+    R: FeedReader + Clone,
+    F: Fn(u64, bool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let second = waiting_fetch(service, signal, cursors).await;
+    // Its first look is done once the count stays still.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = taken.load(Ordering::SeqCst);
+    append(2, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        before,
+        "a rollback made the waiting request look"
+    );
+    assert!(!second.is_finished());
+    append(3, true).await;
+    let (ids, _) = answer(second).await;
+    assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+}
+
+/// A request waiting 1 s on an empty feed ends with an empty page, its
+/// cursors where they were (`_last` of an empty partition is `_first`),
+/// and no longer waits on `signal`.
+async fn a_wait_expires<R: FeedReader + Clone>(service: &FeedService<R>, signal: &AppendSignal) {
+    let fetch = spawn_fetch(
+        service,
+        waiting_request(
+            vec![(0, Cursor::first()), (1, Cursor::last())],
+            Duration::from_secs(1),
+        ),
+    );
+    let (ids, cursors) = answer(fetch).await;
+    assert!(ids.is_empty());
+    assert_eq!(cursors, [(0, Cursor::first()), (1, Cursor::first())]);
+    assert_eq!(signal.waiters(), 0);
+}
+
 mod postgres {
     use super::*;
 
-    async fn setup(taken: &Arc<AtomicUsize>) -> (database::TestPostgres, PgPool, PostgresOutbox) {
+    /// A fresh database with the outbox `events` of 2 partitions, and a
+    /// pool of 8 connections over it that counts those it hands out into
+    /// the counter it comes with.
+    async fn setup() -> (
+        Arc<AtomicUsize>,
+        database::TestPostgres,
+        PgPool,
+        PostgresOutbox,
+    ) {
+        let taken = Arc::new(AtomicUsize::new(0));
         let db = database::postgres().await;
-        let pool = counting(PgPoolOptions::new().max_connections(8), taken)
+        let pool = counting(PgPoolOptions::new().max_connections(8), &taken)
             .connect(&db.url)
             .await
             .unwrap();
         let outbox = PostgresOutbox::new(TableName::new("events").unwrap(), 2);
         outbox.migrate(&pool).await.unwrap();
-        (db, pool, outbox)
+        (taken, db, pool, outbox)
+    }
+
+    /// The feed of `outbox` over `pool`, and its service, which holds a
+    /// waiting request for up to [`LONG_WAIT`].
+    fn served(outbox: &PostgresOutbox, pool: PgPool) -> (PostgresFeed, FeedService<PostgresFeed>) {
+        let feed = outbox.feed(pool);
+        let service = feed.service().max_wait(LONG_WAIT);
+        (feed, service)
     }
 
     /// Whether the feed's `LISTEN` connection is up.
@@ -132,74 +237,42 @@ mod postgres {
         connections(url, "count(pg_terminate_backend(pid))", statement).await
     }
 
+    /// Appends event `id` to partition 0 on a connection of its own,
+    /// outside the feed's pool, and commits it, or rolls it back.
     async fn append(url: &str, outbox: &PostgresOutbox, id: u64, commit: bool) {
-        // A connection of its own, outside the feed's pool.
         let mut connection = PgConnection::connect(url).await.unwrap();
-        let mut tx = connection.begin().await.unwrap();
-        outbox
-            .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
-            .await
-            .unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
+        super::append(&mut connection, outbox, id, commit).await;
     }
 
     #[tokio::test]
     async fn a_commit_in_another_connection_wakes_a_waiting_request_and_a_rollback_does_not() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (taken, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
 
         let first = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         append(&db.url, &outbox, 1, true).await;
         let (ids, cursors) = answer(first).await;
         assert_eq!(ids, ["e1"]);
 
-        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
-        // Its first look is done once the count stays still.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let before = taken.load(Ordering::SeqCst);
-        append(&db.url, &outbox, 2, false).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            before,
-            "a rollback made the waiting request look"
-        );
-        assert!(!second.is_finished());
-        append(&db.url, &outbox, 3, true).await;
-        let (ids, _) = answer(second).await;
-        assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+        let append = |id, commit| append(&db.url, &outbox, id, commit);
+        a_rollback_wakes_nobody(&service, feed.append_signal(), &taken, cursors, append).await;
     }
 
     #[tokio::test]
     async fn one_commit_wakes_the_requests_of_its_partition_with_shared_looks_and_pages() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (taken, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
 
-        let on_zero: Vec<_> = (0..30)
-            .map(|_| {
-                spawn_fetch(
-                    &service,
-                    waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-                )
-            })
-            .collect();
-        let on_one: Vec<_> = (0..10)
-            .map(|_| {
-                spawn_fetch(
-                    &service,
-                    waiting_request(vec![(1, Cursor::last())], LONG_WAIT),
-                )
-            })
-            .collect();
+        let at_the_end = |partition, count| -> Vec<_> {
+            (0..count)
+                .map(|_| {
+                    let request = waiting_request(vec![(partition, Cursor::last())], LONG_WAIT);
+                    spawn_fetch(&service, request)
+                })
+                .collect()
+        };
+        let on_zero = at_the_end(0, 30);
+        let on_one = at_the_end(1, 10);
         waiting(feed.append_signal(), 40).await;
         until("LISTEN", || listening(&db.url)).await;
         // The first looks are done once the count stays still.
@@ -227,10 +300,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_shared_page_keeps_each_requests_headers_and_stops_at_a_thousand_events() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
         let fetch = |headers: HeaderSelection| {
             let client = Client::builder("http://feed/".parse().unwrap(), 2)
                 .head_timeout(LONG_WAIT * 2)
@@ -282,10 +353,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_row_waiting_for_the_horizon_is_looked_at_with_a_backoff() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (taken, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
 
         // An outbox writer that drew a lower position, still running: rows
         // committed after it stay above the horizon.
@@ -314,27 +383,14 @@ mod postgres {
 
     #[tokio::test]
     async fn a_wait_expires_with_an_empty_page() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (_db, pool, outbox) = setup(&taken).await;
+        let (_, _, pool, outbox) = setup().await;
         let feed = outbox.feed(pool);
-        let service = feed.service();
-        let fetch = spawn_fetch(
-            &service,
-            waiting_request(
-                vec![(0, Cursor::first()), (1, Cursor::last())],
-                Duration::from_secs(1),
-            ),
-        );
-        let (ids, cursors) = answer(fetch).await;
-        assert!(ids.is_empty());
-        assert_eq!(cursors, [(0, Cursor::first()), (1, Cursor::first())]);
-        assert_eq!(feed.append_signal().waiters(), 0);
+        a_wait_expires(&feed.service(), feed.append_signal()).await;
     }
 
     #[tokio::test]
     async fn a_feed_over_a_pool_of_one_connection_listens_outside_it() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, _, outbox) = setup(&taken).await;
+        let (_, db, _, outbox) = setup().await;
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(2))
@@ -356,10 +412,8 @@ mod postgres {
 
     #[tokio::test]
     async fn the_last_clone_of_a_feed_dropped_stops_its_listen_connection() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
         let fetch = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         append(&db.url, &outbox, 1, true).await;
         assert_eq!(answer(fetch).await.0, ["e1"]);
@@ -377,10 +431,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_dropped_listen_connection_is_replaced() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool);
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool);
 
         let first = listening_request(&service, &feed, &db.url, vec![(0, Cursor::last())]).await;
         assert_eq!(terminate(&db.url, "LISTEN").await, 1);
@@ -390,8 +442,7 @@ mod postgres {
 
         // A new connection listens, and wakes the next request.
         until("LISTEN again", || listening(&db.url)).await;
-        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
+        let second = waiting_fetch(&service, feed.append_signal(), cursors).await;
         append(&db.url, &outbox, 2, true).await;
         let (ids, _) = answer(second).await;
         assert_eq!(ids, ["e2"]);
@@ -410,8 +461,7 @@ mod postgres {
         url: &str,
         cursors: Vec<(u32, Cursor)>,
     ) -> JoinHandle<Fetched> {
-        let fetch = spawn_fetch(service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
+        let fetch = waiting_fetch(service, feed.append_signal(), cursors).await;
         until("LISTEN", || listening(url)).await;
         fetch
     }
@@ -443,10 +493,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_writer_notifying_after_commit_wakes_waiting_requests_when_told_and_not_before() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool.clone());
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool.clone());
         let writer = outbox.notify_after_commit(pool);
 
         let first = waiting_at_the_end(&service, &feed, &db.url).await;
@@ -466,8 +514,7 @@ mod postgres {
 
         // A batch on both partitions, then a rollback: one wake-up for the
         // batch, and nothing of the rolled-back event.
-        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
+        let second = waiting_fetch(&service, feed.append_signal(), cursors).await;
         let mut connection = PgConnection::connect(&db.url).await.unwrap();
         let mut tx = connection.begin().await.unwrap();
         let _ = writer
@@ -499,10 +546,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_writer_notifying_after_commit_sends_what_is_pending_when_dropped() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool.clone());
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool.clone());
         let writer = outbox.notify_after_commit(pool.clone());
 
         let fetch = waiting_at_the_end(&service, &feed, &db.url).await;
@@ -519,8 +564,7 @@ mod postgres {
         // A writer dropped while its task waits for work ends the task,
         // which closes its connection.
         let idle = outbox.notify_after_commit(pool);
-        let fetch = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
+        let fetch = waiting_fetch(&service, feed.append_signal(), cursors).await;
         let appended = append_quietly(&db.url, &idle, 2).await;
         idle.notify(appended);
         let (ids, _) = answer(fetch).await;
@@ -538,8 +582,7 @@ mod postgres {
         const FAILED: &str = "cannot notify the feeds";
         // The test's runtime runs the writer's task on this thread.
         let (log, _logging) = Log::capture();
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, _, outbox) = setup(&taken).await;
+        let (_, db, _, outbox) = setup().await;
         // Nothing listens on port 1: every NOTIFY fails.
         let unreachable = PgPoolOptions::new()
             .connect_lazy("postgres://postgres@127.0.0.1:1/test")
@@ -567,8 +610,7 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_notifying_after_commit_sends_one_notify_per_millisecond_at_most() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
+        let (_, db, pool, outbox) = setup().await;
         let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
         listener.listen("events").await.unwrap();
         let writer = outbox.notify_after_commit(pool);
@@ -599,8 +641,7 @@ mod postgres {
     #[tokio::test]
     async fn a_writer_notifying_after_commit_gives_up_on_a_server_that_does_not_answer() {
         let (log, _logging) = Log::capture();
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, _, outbox) = setup(&taken).await;
+        let (_, db, _, outbox) = setup().await;
         // A server that takes connections and never says a word.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = silent.local_addr().unwrap().port();
@@ -630,10 +671,8 @@ mod postgres {
 
     #[tokio::test]
     async fn a_writer_notifying_after_commit_replaces_a_lost_connection() {
-        let taken = Arc::new(AtomicUsize::new(0));
-        let (db, pool, outbox) = setup(&taken).await;
-        let feed = outbox.feed(pool.clone());
-        let service = feed.service().max_wait(LONG_WAIT);
+        let (_, db, pool, outbox) = setup().await;
+        let (feed, service) = served(&outbox, pool.clone());
         let writer = outbox.notify_after_commit(pool);
 
         let mut cursors = vec![(0, Cursor::last())];
@@ -668,65 +707,46 @@ mod sqlite {
             .unwrap()
     }
 
+    /// A fresh file for `test` with the outbox `events` of 2 partitions;
+    /// a pool for the feed, counting the connections it hands out into
+    /// `taken`, and one for the writers.
+    async fn setup(test: &str, taken: &Arc<AtomicUsize>) -> (SqlitePool, SqlitePool, SqliteOutbox) {
+        let url = database::sqlite_url(test);
+        let feed_pool = pool(&url, taken).await;
+        let writer_pool = pool(&url, &Arc::new(AtomicUsize::new(0))).await;
+        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
+        outbox.migrate(&writer_pool).await.unwrap();
+        (feed_pool, writer_pool, outbox)
+    }
+
+    /// Appends event `id` to partition 0 on a connection of `pool`, and
+    /// commits it, or rolls it back.
     async fn append(pool: &SqlitePool, outbox: &SqliteOutbox, id: u64, commit: bool) {
-        let mut tx = pool.begin().await.unwrap();
-        outbox
-            .append(&mut tx, &OutboxEvent::in_partition(0, data(id)))
-            .await
-            .unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
+        let mut connection = pool.acquire().await.unwrap();
+        super::append(&mut *connection, outbox, id, commit).await;
     }
 
     #[tokio::test]
     async fn a_commit_in_another_connection_wakes_a_waiting_request_and_a_rollback_does_not() {
-        let url = database::sqlite_url("waking");
         let taken = Arc::new(AtomicUsize::new(0));
-        let feed_pool = pool(&url, &taken).await;
-        let writer_pool = pool(&url, &Arc::new(AtomicUsize::new(0))).await;
-        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
-        outbox.migrate(&writer_pool).await.unwrap();
+        let (feed_pool, writer_pool, outbox) = setup("waking", &taken).await;
         // No polling: only the writer's commits wake a waiting request.
         let feed = outbox.feed(feed_pool).poll_every(LONG_WAIT);
         let service = feed.service().max_wait(LONG_WAIT);
 
-        let first = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
+        let first = waiting_fetch(&service, feed.append_signal(), vec![(0, Cursor::last())]).await;
         append(&writer_pool, &outbox, 1, true).await;
         let (ids, cursors) = answer(first).await;
         assert_eq!(ids, ["e1"]);
 
-        let second = spawn_fetch(&service, waiting_request(cursors, LONG_WAIT));
-        waiting(feed.append_signal(), 1).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let before = taken.load(Ordering::SeqCst);
-        append(&writer_pool, &outbox, 2, false).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            before,
-            "a rollback made the waiting request look"
-        );
-        assert!(!second.is_finished());
-        append(&writer_pool, &outbox, 3, true).await;
-        let (ids, _) = answer(second).await;
-        assert_eq!(ids, ["e3"], "the rolled-back event never appears");
+        let append = |id, commit| append(&writer_pool, &outbox, id, commit);
+        a_rollback_wakes_nobody(&service, feed.append_signal(), &taken, cursors, append).await;
     }
 
     #[tokio::test]
     async fn a_writer_in_another_process_is_seen_within_the_poll_interval() {
-        let url = database::sqlite_url("polling");
         let taken = Arc::new(AtomicUsize::new(0));
-        let feed_pool = pool(&url, &taken).await;
-        let writer_pool = pool(&url, &Arc::new(AtomicUsize::new(0))).await;
-        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
-        outbox.migrate(&writer_pool).await.unwrap();
+        let (feed_pool, writer_pool, outbox) = setup("polling", &taken).await;
         let feed = outbox
             .feed(feed_pool)
             .poll_every(Duration::from_millis(100));
@@ -735,11 +755,7 @@ mod sqlite {
         // feed.
         let elsewhere = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
 
-        let fetch = spawn_fetch(
-            &service,
-            waiting_request(vec![(0, Cursor::last())], LONG_WAIT),
-        );
-        waiting(feed.append_signal(), 1).await;
+        let fetch = waiting_fetch(&service, feed.append_signal(), vec![(0, Cursor::last())]).await;
         let before = taken.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let looks = taken.load(Ordering::SeqCst) - before;
@@ -754,22 +770,8 @@ mod sqlite {
 
     #[tokio::test]
     async fn a_wait_expires_with_an_empty_page() {
-        let url = database::sqlite_url("expiring");
-        let taken = Arc::new(AtomicUsize::new(0));
-        let pool = pool(&url, &taken).await;
-        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 2);
-        outbox.migrate(&pool).await.unwrap();
+        let (pool, _, outbox) = setup("expiring", &Arc::new(AtomicUsize::new(0))).await;
         let feed = outbox.feed(pool);
-        let fetch = spawn_fetch(
-            &feed.service(),
-            waiting_request(
-                vec![(0, Cursor::first()), (1, Cursor::last())],
-                Duration::from_secs(1),
-            ),
-        );
-        let (ids, cursors) = answer(fetch).await;
-        assert!(ids.is_empty());
-        assert_eq!(cursors, [(0, Cursor::first()), (1, Cursor::first())]);
-        assert_eq!(feed.append_signal().waiters(), 0);
+        a_wait_expires(&feed.service(), feed.append_signal()).await;
     }
 }

@@ -1,6 +1,8 @@
 //! The PostgreSQL outbox: writes in the caller's transaction, a feed that
 //! never skips an event whatever the commit order, replicas, restarts, and
-//! the query plan.
+//! the query plan. The tests both outboxes pass are in
+//! `support::outbox_suite`; this file gives them PostgreSQL and holds its
+//! own.
 
 mod support;
 
@@ -9,300 +11,86 @@ use std::time::Duration;
 use futures_util::stream;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row};
-use support::database;
-use support::outbox::{Race, data, id_of, read_to_end, run_race};
+use support::database::{self, TestPostgres};
+use support::outbox_suite::{self as suite, OutboxDb, commit, open};
 use support::readers::ItemStream;
-use support::transport::{LoopbackServer, router};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeroeventhub::client::Client;
-use zeroeventhub::protocol::{Checkpoint, Cursor, Event, FeedItem, FeedRequest, HeaderSelection};
-use zeroeventhub::server::{
-    FeedReader, FeedService, MemoryFeed, OutboxError, OutboxEvent, PostgresOutbox, ReadContext,
-    ReadError, TableName,
-};
+use zeroeventhub::protocol::{Checkpoint, Cursor, Event, FeedItem};
+use zeroeventhub::server::{FeedReader, FeedService, PostgresOutbox, ReadContext, ReadError};
 
-async fn pool(url: &str, connections: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(connections)
-        .connect(url)
-        .await
-        .expect("connecting to the test database")
-}
+/// A database of its own for each test, on the test server.
+struct Postgres(TestPostgres);
 
-async fn outbox(pool: &PgPool, table: &str, partitions: u32) -> PostgresOutbox {
-    let outbox = PostgresOutbox::new(TableName::new(table).unwrap(), partitions);
-    outbox.migrate(pool).await.expect("migrating");
-    outbox
-}
+impl OutboxDb for Postgres {
+    type Database = sqlx::Postgres;
+    type Outbox = PostgresOutbox;
 
-/// Appends `events` in one committed transaction, and waits until the
-/// feed serves them.
-async fn commit(pool: &PgPool, outbox: &PostgresOutbox, events: &[OutboxEvent]) {
-    let mut tx = pool.begin().await.unwrap();
-    outbox.append_batch(&mut tx, events).await.unwrap();
-    tx.commit().await.unwrap();
-    servable(pool, outbox).await;
-}
+    const RACE_CONNECTIONS: u32 = 24;
+    const RACE_HOLD: Duration = Duration::from_millis(4);
+    const MIGRATES_CONCURRENTLY: bool = true;
+    const COUNT_TABLES: &'static str =
+        "SELECT count(*) FROM pg_tables WHERE tablename IN ('events', 'other_events')";
+    const FOREIGN_CURSORS: [&'static str; 5] =
+        ["17", "1.2", "0.0", "1.02", "99999999999999999999.1"];
 
-/// Waits until every committed row is at or below the horizon: the writers
-/// of a test may still be finishing their transactions.
-async fn servable(pool: &PgPool, outbox: &PostgresOutbox) {
-    let newest = format!("SELECT coalesce(max(position), 0) FROM {}", outbox.table());
-    let feed = outbox.feed(pool.clone());
-    for _ in 0..4000 {
-        let newest: i64 = sqlx::query_scalar(&newest).fetch_one(pool).await.unwrap();
-        if feed.horizon().await.unwrap() >= newest as u64 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    async fn create(_test: &str) -> Self {
+        Postgres(database::postgres().await)
     }
-    panic!("an outbox writer stayed open for 20 s");
-}
 
-fn request(partitions: u32, cursors: impl IntoIterator<Item = (u32, Cursor)>) -> FeedRequest {
-    FeedRequest::new(partitions, cursors).unwrap()
+    async fn pool(&self, connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(&self.0.url)
+            .await
+            .expect("connecting to the test database")
+    }
+
+    /// Waits until every committed row is below the horizon: the tests of
+    /// other databases of the cluster hold transactions open for a few
+    /// milliseconds.
+    async fn servable(outbox: &PostgresOutbox, pool: &PgPool) {
+        let newest = format!("SELECT coalesce(max(position), 0) FROM {}", outbox.table());
+        let feed = outbox.feed(pool.clone());
+        for _ in 0..4000 {
+            let newest: i64 = sqlx::query_scalar(&newest).fetch_one(pool).await.unwrap();
+            if feed.horizon().await.unwrap() >= newest as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("an outbox writer stayed open for 20 s");
+    }
 }
 
 #[tokio::test]
 async fn migrate_is_idempotent_and_its_sql_stands_alone() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 4).await;
-    let outbox = outbox(&pool, "events", 2).await;
-    outbox.migrate(&pool).await.expect("migrating twice");
-    let (first, second) = tokio::join!(outbox.migrate(&pool), outbox.migrate(&pool));
-    first.and(second).expect("migrating concurrently");
-
-    // A user's own migration tool runs the same SQL.
-    let other = PostgresOutbox::new(TableName::new("other_events").unwrap(), 2);
-    sqlx::raw_sql(other.schema()).execute(&pool).await.unwrap();
-    commit(&pool, &other, &[OutboxEvent::in_partition(1, data(1))]).await;
-    let tables: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_tables WHERE tablename IN ('events', 'other_events')",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(tables, 2);
+    suite::migrate_is_idempotent_and_its_sql_stands_alone::<Postgres>().await;
 }
 
 #[tokio::test]
 async fn events_appear_at_commit_and_rollbacks_leave_no_trace() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 4).await;
-    let outbox = outbox(&pool, "events", 2).await;
-    let client = Client::builder("http://feed/".parse().unwrap(), 2)
-        .build_with(outbox.feed(pool.clone()).service());
-    let everything =
-        request(2, [(0, Cursor::first()), (1, Cursor::first())]).with_headers(HeaderSelection::All);
-
-    let mut tx = pool.begin().await.unwrap();
-    let event = OutboxEvent::in_partition(1, data(1)).with_header("type", "Tested");
-    outbox.append(&mut tx, &event).await.unwrap();
-    assert!(
-        client
-            .fetch_page(&everything)
-            .await
-            .unwrap()
-            .events()
-            .is_empty()
-    );
-    tx.commit().await.unwrap();
-    servable(&pool, &outbox).await;
-    let page = client.fetch_page(&everything).await.unwrap();
-    let expected = Event::new(1, data(1)).with_header("type", "Tested");
-    assert_eq!(page.events(), [expected]);
-
-    let mut tx = pool.begin().await.unwrap();
-    outbox
-        .append_batch(
-            &mut tx,
-            &[
-                support::outbox::keyed_event(2),
-                support::outbox::keyed_event(3),
-            ],
-        )
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    let again = client.fetch_page(&everything).await.unwrap();
-    assert_eq!(again.events().len(), 1);
-
-    let mut connection = pool.acquire().await.unwrap();
-    let beyond = OutboxEvent::in_partition(2, data(4));
-    assert!(matches!(
-        outbox.append(&mut connection, &beyond).await,
-        Err(OutboxError::UnknownPartition(error)) if error.partition == 2
-    ));
+    suite::events_appear_at_commit_and_rollbacks_leave_no_trace::<Postgres>().await;
 }
 
 #[tokio::test]
 async fn first_last_and_cursors_never_handed_out() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 4).await;
-    let outbox = outbox(&pool, "events", 2).await;
-    let service = outbox.feed(pool.clone()).service();
-    let client = Client::builder("http://feed/".parse().unwrap(), 2).build_with(service);
-
-    // `_last` on an empty partition: a checkpoint a consumer can store.
-    let last = client
-        .fetch_page(&request(2, [(0, Cursor::last())]))
-        .await
-        .unwrap();
-    assert_eq!(last.checkpoints(), [Checkpoint::new(0, Cursor::first())]);
-
-    commit(&pool, &outbox, &[OutboxEvent::in_partition(0, data(1))]).await;
-    let last = client
-        .fetch_page(&request(2, [(0, Cursor::last())]))
-        .await
-        .unwrap();
-    assert!(last.events().is_empty());
-    let at_end = last.next_cursors()[0].1.clone();
-    commit(&pool, &outbox, &[OutboxEvent::in_partition(0, data(2))]).await;
-    let after = client
-        .fetch_page(&request(2, [(0, at_end.clone())]))
-        .await
-        .unwrap();
-    assert_eq!(after.events().iter().map(id_of).collect::<Vec<_>>(), ["e2"]);
-
-    // A cursor of partition 0 is foreign to partition 1, and so are made-up
-    // ones and a memory feed's.
-    for foreign in [
-        at_end.as_str(),
-        "17",
-        "1.2",
-        "0.0",
-        "1.02",
-        "99999999999999999999.1",
-    ] {
-        let error = client
-            .fetch_page(&request(2, [(1, Cursor::new(foreign).unwrap())]))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            error.status(),
-            Some(http::StatusCode::BAD_REQUEST),
-            "{foreign}"
-        );
-        // The first bad cursor of a request is the one named, whether it
-        // is malformed or names no row.
-        let error = client
-            .fetch_page(&request(
-                2,
-                [
-                    (0, Cursor::new("1.2").unwrap()),
-                    (1, Cursor::new("abc").unwrap()),
-                ],
-            ))
-            .await
-            .unwrap_err();
-        let body = error.body_excerpt().unwrap_or_default();
-        assert!(body.contains("\"cursor0\""), "{body}");
-        // Beside a good cursor, plain or waiting, the error names the
-        // partition whose cursor is foreign.
-        let both = request(2, [(0, at_end.clone()), (1, Cursor::new(foreign).unwrap())]);
-        for request in [both.clone(), both.with_wait(Duration::from_secs(5))] {
-            let error = client.fetch_page(&request).await.unwrap_err();
-            assert_eq!(error.status(), Some(http::StatusCode::BAD_REQUEST));
-            let body = error.body_excerpt().unwrap_or_default();
-            assert!(body.contains("\"cursor1\""), "{foreign}: {body}");
-        }
-    }
+    suite::first_last_and_cursors_never_handed_out::<Postgres>().await;
 }
 
 #[tokio::test]
 async fn the_page_is_shared_among_partitions_like_the_memory_feed() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 4).await;
-    let outbox = outbox(&pool, "events", 4).await;
-    let memory = MemoryFeed::new(4);
-    let mut events = Vec::new();
-    for (partition, count) in [(0u32, 1u64), (1, 9), (2, 4), (3, 9)] {
-        for id in 0..count {
-            events.push(OutboxEvent::in_partition(partition, data(id)));
-            memory.append(Event::new(partition, data(id))).unwrap();
-        }
-    }
-    commit(&pool, &outbox, &events).await;
-    let from_start = request(4, (0..4).map(|p| (p, Cursor::first()))).with_page_size_hint(11);
-    let counts = |events: &[Event]| {
-        (0..4)
-            .map(|p| events.iter().filter(|e| e.partition == p).count())
-            .collect::<Vec<_>>()
-    };
-    let ours = Client::builder("http://feed/".parse().unwrap(), 4)
-        .build_with(outbox.feed(pool.clone()).service())
-        .fetch_page(&from_start)
-        .await
-        .unwrap();
-    let reference = Client::builder("http://feed/".parse().unwrap(), 4)
-        .build_with(memory.service())
-        .fetch_page(&from_start)
-        .await
-        .unwrap();
-    assert_eq!(counts(ours.events()), counts(reference.events()));
-    assert_eq!(counts(ours.events()), [1, 4, 3, 3]);
-}
-
-/// The scenario of the commit-order race: 8 writers hold their
-/// transactions open for random times and roll back one in ten, while 4
-/// consumers (two of them long polling) read right behind them in small
-/// pages.
-const RACE: Race = Race {
-    writers: 8,
-    events: 20_000,
-    batch: 12,
-    max_hold: Duration::from_millis(4),
-    consumers: 4,
-    waiting_consumers: 2,
-    page_size: 50,
-};
-
-async fn race_on<R: FeedReader>(
-    pool: &PgPool,
-    outbox: &PostgresOutbox,
-    service: FeedService<R>,
-) -> support::outbox::RaceOutcome {
-    let server = LoopbackServer::start(router(service)).await;
-    let writer_pool = pool.clone();
-    let writer_outbox = outbox.clone();
-    run_race(
-        &server.url(""),
-        outbox.partition_count(),
-        RACE,
-        move |events, hold, commit| {
-            let pool = writer_pool.clone();
-            let outbox = writer_outbox.clone();
-            async move {
-                let mut tx = pool.begin().await.unwrap();
-                outbox.append_batch(&mut tx, &events).await.unwrap();
-                tokio::time::sleep(hold).await;
-                if commit {
-                    tx.commit().await.unwrap();
-                } else {
-                    tx.rollback().await.unwrap();
-                }
-            }
-        },
-    )
-    .await
+    suite::the_page_is_shared_among_partitions_like_the_memory_feed::<Postgres>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_commit_order_loses_or_repeats_an_event() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 24).await;
-    let outbox = outbox(&pool, "events", 4).await;
-    let outcome = race_on(&pool, &outbox, outbox.feed(pool.clone()).service()).await;
-    outcome.assert_exactly_once();
+    suite::no_commit_order_loses_or_repeats_an_event::<Postgres>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_race_catches_a_reader_ordered_by_position_alone() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 24).await;
-    let outbox = outbox(&pool, "events", 4).await;
+    let (_db, pool, outbox) = open::<Postgres>("race", Postgres::RACE_CONNECTIONS, 4).await;
     let naive = NaiveReader { pool: pool.clone() };
-    let outcome = race_on(&pool, &outbox, FeedService::new(naive, 4)).await;
+    let outcome = suite::race_on::<Postgres, _>(&pool, &outbox, FeedService::new(naive, 4)).await;
     assert!(
         outcome.lost() > 0,
         "the naive reader lost nothing: the race cannot catch the bug"
@@ -359,96 +147,20 @@ impl FeedReader for NaiveReader {
 
 #[tokio::test]
 async fn a_cursor_from_one_replica_resumes_on_another_and_after_a_restart() {
-    let db = database::postgres().await;
-    let setup = pool(&db.url, 2).await;
-    let outbox = outbox(&setup, "events", 2).await;
-    let events: Vec<_> = (0..300).map(support::outbox::keyed_event).collect();
-    commit(&setup, &outbox, &events).await;
-    let from_start = vec![(0, Cursor::first()), (1, Cursor::first())];
-
-    // Two replicas, each with its own pool, over one database.
-    let replica_a =
-        LoopbackServer::start(router(outbox.feed(pool(&db.url, 2).await).service())).await;
-    let replica_b =
-        LoopbackServer::start(router(outbox.feed(pool(&db.url, 2).await).service())).await;
-    let (mut seen, cursors) = read_to_end(&replica_a.url(""), 2, from_start, 40, 2).await;
-    let (rest, cursors) = read_to_end(&replica_b.url(""), 2, cursors, 40, 3).await;
-    seen.extend(rest);
-
-    // A replica stops; another one starts, with fresh connections.
-    let restarted_pool = pool(&db.url, 2).await;
-    drop(replica_b);
-    let restarted = LoopbackServer::start(router(outbox.feed(restarted_pool).service())).await;
-    let (rest, _) = read_to_end(&restarted.url(""), 2, cursors, 40, 100).await;
-    seen.extend(rest);
-
-    let mut expected: Vec<String> = (0..300).map(|id| format!("e{id}")).collect();
-    expected.sort();
-    seen.sort();
-    assert_eq!(
-        seen, expected,
-        "every event exactly once across replicas and a restart"
-    );
+    suite::a_cursor_from_one_replica_resumes_on_another_and_after_a_restart::<Postgres>().await;
 }
 
 #[tokio::test]
 async fn a_consumer_leaving_mid_page_gives_the_connection_back() {
-    let db = database::postgres().await;
-    let setup = pool(&db.url, 2).await;
-    let outbox = outbox(&setup, "events", 1).await;
-    // Far more than the socket buffers hold, so that the page is still
-    // being read from the database when the consumer leaves.
-    let filler = "x".repeat(1000);
-    let events: Vec<_> = (0..20_000)
-        .map(|id| {
-            let text = format!(r#"{{"id":"e{id}","filler":"{filler}"}}"#);
-            OutboxEvent::in_partition(
-                0,
-                zeroeventhub::protocol::RawJson::from_bytes(text).unwrap(),
-            )
-        })
-        .collect();
-    commit(&setup, &outbox, &events).await;
-    // The feed's own pool: nothing else uses it.
-    let pool = pool(&db.url, 4).await;
-    let in_use = |pool: &PgPool| pool.size() as usize - pool.num_idle();
-    assert_eq!(in_use(&pool), 0);
-
-    let server = LoopbackServer::start(router(outbox.feed(pool.clone()).service())).await;
-    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let get = "GET /feed/v1?n=1&cursor0=_first&pagesizehint=20000 HTTP/1.1\r\nhost: feed\r\n\r\n";
-    socket.write_all(get.as_bytes()).await.unwrap();
-    let mut start = [0u8; 4096];
-    let read = socket.read(&mut start).await.unwrap();
-    assert!(start[..read].starts_with(b"HTTP/1.1 200"));
-    assert_eq!(
-        in_use(&pool),
-        1,
-        "the page holds one connection while it streams"
-    );
-
-    drop(socket);
-    for _ in 0..200 {
-        if in_use(&pool) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(
-        in_use(&pool),
-        0,
-        "the page's connection went back to the pool"
-    );
+    suite::a_consumer_leaving_mid_page_gives_the_connection_back::<Postgres>().await;
 }
 
 #[tokio::test]
 async fn pages_are_read_through_the_index_without_a_sort() {
-    let db = database::postgres().await;
-    let pool = pool(&db.url, 2).await;
-    let outbox = outbox(&pool, "events", 2).await;
+    let (Postgres(db), pool, outbox) = open::<Postgres>("plan", 2, 2).await;
     let events: Vec<_> = (0..20_000).map(support::outbox::keyed_event).collect();
     for chunk in events.chunks(5_000) {
-        commit(&pool, &outbox, chunk).await;
+        commit::<Postgres>(&pool, &outbox, chunk).await;
     }
     let mut connection = PgConnection::connect(&db.url).await.unwrap();
     sqlx::raw_sql("ANALYZE events")

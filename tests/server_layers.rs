@@ -20,13 +20,9 @@ use http::header::{
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use support::auth::Bearer;
 use support::readers::{FnReader, ItemStream, checkpoint, event};
-use support::transport::{LIVENESS, client};
-use tokio::net::TcpListener;
+use support::transport::{HyperServer, LIVENESS, Protocols, client};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::cors::CorsLayer;
@@ -73,25 +69,6 @@ fn stack() -> impl Service<
         .service(FeedService::new(reader(), 2))
 }
 
-/// Serves [`stack`] with hyper-util's connection builder on a loopback port.
-async fn serve() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/feed", listener.local_addr().unwrap());
-    let service = stack();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    base
-}
-
 /// A request as the consumer this stack expects sends it.
 fn authorized(uri: &str) -> http::request::Builder {
     Request::get(uri)
@@ -111,7 +88,8 @@ async fn send(request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, By
 
 #[tokio::test(start_paused = true)]
 async fn layers_that_answer_on_their_own_wrap_the_service_under_hyper() {
-    let base = serve().await;
+    let server = HyperServer::start(stack(), Protocols::Auto).await;
+    let base = server.url("/feed");
     let page = format!("{base}?n=2&cursor0=_first");
 
     let request = authorized(&page).body(Full::default()).unwrap();

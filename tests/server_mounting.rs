@@ -3,9 +3,10 @@
 //! left out of it, so that pages still stream, and as a layer in front of
 //! an app (`FeedLayer`), in axum and in hyper.
 
+mod support;
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -15,6 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use support::transport::{HyperServer, LIVENESS, LoopbackServer, Protocols};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::compression::predicate::{NotForContentType, Predicate};
@@ -25,9 +27,6 @@ use zeroeventhub::server::{
     FeedLayer, FeedReader, FeedService, MemoryFeed, ReadContext, ReadError,
 };
 use zeroeventhub::workload;
-
-/// A bound on waits that must end; a hang fails the test instead of CI.
-const LIVENESS: Duration = Duration::from_secs(20);
 
 /// Asks for gzip, as proxies and HTTP stacks often do.
 fn accept_gzip(mut request: Request<Empty<bytes::Bytes>>) -> Request<Empty<bytes::Bytes>> {
@@ -41,46 +40,11 @@ fn accept_gzip(mut request: Request<Empty<bytes::Bytes>>) -> Request<Empty<bytes
 async fn served_by_hyper_without_axum() {
     let feed = MemoryFeed::new(2);
     workload::fill(&feed, 1_500);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/any/path", listener.local_addr().unwrap());
-    let service = feed.service();
-    let server = tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let server = HyperServer::start(feed.service(), Protocols::Auto).await;
 
-    let client = Client::builder(url.parse().unwrap(), 2).build();
-    let mut request = FeedRequest::new(2, [(0, Cursor::first()), (1, Cursor::first())])
-        .unwrap()
-        .with_page_size_hint(700);
-    let mut seen = [0u64; 2];
-    loop {
-        let page = tokio::time::timeout(LIVENESS, client.fetch_page(&request))
-            .await
-            .expect("the page arrives")
-            .unwrap();
-        for event in page.events() {
-            let partition = event.partition as usize;
-            assert_eq!(
-                event.data,
-                workload::event_data(event.partition, seen[partition])
-            );
-            seen[partition] += 1;
-        }
-        if !page.made_progress() {
-            break;
-        }
-        request = page.next_request(&request);
-    }
+    let client = Client::builder(server.url("/any/path").parse().unwrap(), 2).build();
+    let seen = support::workload::read_to_end(&client, 700).await;
     assert_eq!(seen, [1_500, 1_500]);
-    server.abort();
 }
 
 /// Hands out one event and its checkpoint, then waits forever: only a
@@ -126,9 +90,8 @@ async fn pages_stream_through_compression_that_leaves_ndjson_out() {
     let app = axum::Router::new()
         .route_service("/feed", FeedService::new(OneThenWait, 1))
         .layer(CompressionLayer::new().compress_when(predicate));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/feed", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = LoopbackServer::start(app).await;
+    let url = format!("http://{}/feed", server.addr);
 
     // A consumer that accepts gzip, as proxies and HTTP stacks often do.
     let client = Client::builder(url.parse().unwrap(), 1)
@@ -150,7 +113,6 @@ async fn pages_stream_through_compression_that_leaves_ndjson_out() {
         matches!(second, Some(Ok(FeedItem::Checkpoint(_)))),
         "{second:?}"
     );
-    server.abort();
 }
 
 #[tokio::test]
@@ -186,11 +148,8 @@ async fn a_compressed_page_is_read_through_a_decompression_layer_or_refused_clea
     let app = axum::Router::new()
         .route_service("/feed", feed.service())
         .layer(CompressionLayer::new());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url: http::Uri = format!("http://{}/feed", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = LoopbackServer::start(app).await;
+    let url: http::Uri = format!("http://{}/feed", server.addr).parse().unwrap();
     let request = FeedRequest::new(1, [(0, Cursor::first())]).unwrap();
 
     // A client that asks for gzip but cannot read it is told so.
@@ -214,7 +173,6 @@ async fn a_compressed_page_is_read_through_a_decompression_layer_or_refused_clea
         .unwrap();
     assert_eq!(page.events().len(), 300);
     assert_eq!(page.next_cursors(), [(0, Cursor::new("299").unwrap())]);
-    server.abort();
 }
 
 /// A plain GET of `url` over hyper-util's client: the status, the content

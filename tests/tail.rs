@@ -21,8 +21,8 @@ fn tail_binary() -> PathBuf {
 fn serve(partitions: u32, per_partition: u64) -> (tokio::runtime::Runtime, String) {
     let feed = zeroeventhub::server::MemoryFeed::new(partitions);
     append_numbered(&feed, 0..per_partition);
-    let (runtime, addr) = serve_on(&feed, "127.0.0.1:0".parse().expect("an address"));
-    (runtime, format!("http://{addr}/feed"))
+    let app = axum::Router::new().route_service("/feed", feed.service());
+    serve_at_feed(app)
 }
 
 /// Appends the events numbered `indices` to every partition of `feed`.
@@ -48,6 +48,13 @@ fn serve_on(
     serve_app(app, addr)
 }
 
+/// Serves `app`, which routes `/feed`, on a free loopback port, on a
+/// runtime of its own; gives the runtime and the URL of `/feed`.
+fn serve_at_feed(app: axum::Router) -> (tokio::runtime::Runtime, String) {
+    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().expect("an address"));
+    (runtime, format!("http://{addr}/feed"))
+}
+
 fn serve_app(
     app: axum::Router,
     addr: std::net::SocketAddr,
@@ -60,6 +67,16 @@ fn serve_app(
         addr
     });
     (runtime, addr)
+}
+
+/// Starts tail with `args`, its stdout and stderr piped.
+fn spawn_tail(args: &[&str]) -> std::process::Child {
+    Command::new(tail_binary())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tail starts")
 }
 
 /// An event line as tail prints it: (partition, index).
@@ -75,12 +92,7 @@ fn parse_line(line: &str) -> (u32, u64) {
 /// Runs tail with `args`; once `stop_after` lines are out, sends it
 /// `signal`. Returns the lines it printed and whether it exited cleanly.
 fn run_tail(args: &[&str], stop_after: Option<(usize, &str)>) -> (Vec<String>, bool) {
-    let mut child = Command::new(tail_binary())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tail starts");
+    let mut child = spawn_tail(args);
     let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut lines = Vec::new();
     for line in stdout.lines() {
@@ -119,14 +131,33 @@ fn assert_exactly_once(lines: &[String], partitions: u32, per_partition: u64) {
     assert_eq!(next, vec![per_partition; partitions as usize]);
 }
 
+/// A scratch folder for state files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("zeh-tail-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch folder");
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("a UTF-8 path").to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn an_interrupted_run_resumes_from_its_state_without_loss_or_duplicate() {
     let (_runtime, url) = serve(3, 4000);
-    let state_dir = std::env::temp_dir().join(format!("zeh-tail-{}", std::process::id()));
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let state = state_dir.join("cursors.json");
-    let _ = std::fs::remove_file(&state);
-    let state = state.to_str().unwrap();
+    let scratch = Scratch::new("resume");
+    let state = scratch.file("cursors.json");
 
     let args = [
         &url,
@@ -137,7 +168,7 @@ fn an_interrupted_run_resumes_from_its_state_without_loss_or_duplicate() {
         "--headers",
         "seq",
         "--state",
-        state,
+        &state,
     ];
     let mut follow = args.to_vec();
     follow.push("--follow");
@@ -160,16 +191,13 @@ fn an_interrupted_run_resumes_from_its_state_without_loss_or_duplicate() {
     // Caught up: a third run prints nothing.
     let (third, clean) = run_tail(&args, None);
     assert!(clean && third.is_empty());
-    std::fs::remove_dir_all(&state_dir).unwrap();
 }
 
 #[test]
 fn a_killed_run_loses_nothing() {
     let (_runtime, url) = serve(2, 3000);
-    let state_dir = std::env::temp_dir().join(format!("zeh-tail-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let state = state_dir.join("cursors.json");
-    let state = state.to_str().unwrap();
+    let scratch = Scratch::new("kill");
+    let state = scratch.file("cursors.json");
     let args = [
         &url,
         "--partitions",
@@ -179,7 +207,7 @@ fn a_killed_run_loses_nothing() {
         "--headers",
         "_all",
         "--state",
-        state,
+        &state,
     ];
 
     let (first, clean) = run_tail(&args, Some((700, "-KILL")));
@@ -197,7 +225,6 @@ fn a_killed_run_loses_nothing() {
     }
     assert_eq!(seen.len(), 6000);
     assert!(repeated <= 25, "{repeated} repeated");
-    std::fs::remove_dir_all(&state_dir).unwrap();
 }
 
 #[test]
@@ -274,28 +301,6 @@ fn errors_exit_non_zero_with_one_line() {
     }
 }
 
-/// A scratch folder for state files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("zeh-tail-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch folder");
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).to_str().expect("a UTF-8 path").to_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_run_with_cursors_keeps_the_saved_progress_of_other_partitions() {
     let (_runtime, url) = serve(2, 30);
@@ -336,12 +341,7 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(tail_binary())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tail starts");
+        let mut child = spawn_tail(args);
         let forward = |pipe: Box<dyn std::io::Read + Send>| {
             let (sender, receiver) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
@@ -385,6 +385,18 @@ impl Running {
         }
         let _ = self.child.kill();
         panic!("tail did not exit within 20 s");
+    }
+
+    /// Waits for tail to exit by itself with an error: one line on
+    /// stderr, which names `cause`.
+    fn fails_with(self, cause: &str) {
+        let (clean, stderr) = self.exit();
+        assert!(!clean);
+        assert_eq!(stderr.len(), 1, "{stderr:?}");
+        assert!(
+            stderr[0].starts_with("tail: ") && stderr[0].contains(cause),
+            "{stderr:?}"
+        );
     }
 
     /// Sends `SIGTERM` and waits for the exit; whether it was clean, and
@@ -451,8 +463,8 @@ fn eventless_feed(moving: bool) -> (tokio::runtime::Runtime, String, Arc<AtomicU
             }
         }),
     );
-    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
-    (runtime, format!("http://{addr}/feed"), requests)
+    let (runtime, url) = serve_at_feed(app);
+    (runtime, url, requests)
 }
 
 #[test]
@@ -514,8 +526,7 @@ where
             }
         }),
     );
-    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
-    (runtime, format!("http://{addr}/feed"))
+    serve_at_feed(app)
 }
 
 #[test]
@@ -528,13 +539,7 @@ fn a_page_that_drips_ends_at_the_page_timeout() {
         })
     });
     let tail = Running::start(&[&url, "--partitions", "1", "--page-timeout", "1"]);
-    let (clean, stderr) = tail.exit();
-    assert!(!clean);
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(
-        stderr[0].starts_with("tail: ") && stderr[0].contains("page timeout"),
-        "{stderr:?}"
-    );
+    tail.fails_with("page timeout");
 }
 
 #[test]
@@ -552,13 +557,7 @@ fn events_without_a_checkpoint_past_the_limit_end_tail_even_when_following() {
         "--max-buffered-bytes",
         "50000",
     ]);
-    let (clean, stderr) = tail.exit();
-    assert!(!clean);
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(
-        stderr[0].starts_with("tail: ") && stderr[0].contains("checkpoint"),
-        "{stderr:?}"
-    );
+    tail.fails_with("checkpoint");
 }
 
 #[test]
@@ -604,8 +603,8 @@ fn feed_ignoring_wait() -> (tokio::runtime::Runtime, String, Arc<Mutex<Vec<Strin
             async { [(http::header::CONTENT_TYPE, "application/x-ndjson")] }
         }),
     );
-    let (runtime, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
-    (runtime, format!("http://{addr}/feed"), queries)
+    let (runtime, url) = serve_at_feed(app);
+    (runtime, url, queries)
 }
 
 #[test]
@@ -646,8 +645,7 @@ fn follow_waits_for_an_append_instead_of_polling() {
                 request
             },
         ));
-    let (_server, addr) = serve_app(app, "127.0.0.1:0".parse().unwrap());
-    let url = format!("http://{addr}/feed");
+    let (_server, url) = serve_at_feed(app);
     let tail = Running::start(&[
         &url,
         "--partitions",

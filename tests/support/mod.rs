@@ -14,5 +14,12 @@ pub(crate) mod logs;
     any(feature = "postgres", feature = "sqlite")
 ))]
 pub(crate) mod outbox;
+#[cfg(all(
+    feature = "hyper-client",
+    any(feature = "postgres", feature = "sqlite")
+))]
+pub(crate) mod outbox_suite;
 pub(crate) mod readers;
 pub(crate) mod transport;
+#[cfg(feature = "client")]
+pub(crate) mod workload;

@@ -1,21 +1,26 @@
 //! Two ways to reach a [`FeedService`]: called in-process with `oneshot`, and
 //! mounted in axum under tower-http layers, served on a loopback port and
-//! called with hyper-util's client.
+//! called with hyper-util's client. And a service served by hyper alone,
+//! without axum.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower::ServiceExt;
+use tower::{BoxError, Service, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use zeroeventhub::server::{FeedReader, FeedService};
@@ -154,6 +159,17 @@ pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A listener on a free loopback port, and its address.
+async fn bind_loopback() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port is free");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    (listener, addr)
+}
+
 /// An axum app served on a loopback port, shut down when dropped.
 pub(crate) struct LoopbackServer {
     pub(crate) addr: SocketAddr,
@@ -163,12 +179,7 @@ pub(crate) struct LoopbackServer {
 impl LoopbackServer {
     /// Binds `127.0.0.1:0` and serves `app` there.
     pub(crate) async fn start(app: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port is free");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
+        let (listener, addr) = bind_loopback().await;
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("the server runs");
         });
@@ -199,6 +210,88 @@ impl LoopbackServer {
 }
 
 impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a [`HyperServer`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocols {
+    /// HTTP/1.1 and HTTP/2, as hyper-util's `auto` connection builder
+    /// serves them.
+    Auto,
+    /// HTTP/2 only: no HTTP/1.1 upgrade, no fallback, as tonic serves by
+    /// default.
+    Http2Only,
+}
+
+/// A tower service served straight by hyper on a loopback port, without
+/// axum: every path reaches it. Shut down when dropped.
+pub(crate) struct HyperServer {
+    pub(crate) addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HyperServer {
+    /// Binds `127.0.0.1:0` and serves each connection to a clone of
+    /// `service`, speaking `protocols`.
+    pub(crate) async fn start<S, B>(service: S, protocols: Protocols) -> Self
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (listener, addr) = bind_loopback().await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.expect("a connection");
+                counted.fetch_add(1, Ordering::SeqCst);
+                let io = TokioIo::new(stream);
+                let service = TowerToHyperService::new(service.clone());
+                tokio::spawn(async move {
+                    // A connection's end, clean or not, is the client's affair.
+                    let _ = match protocols {
+                        Protocols::Auto => {
+                            auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await
+                        }
+                        Protocols::Http2Only => {
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service)
+                                .await
+                                .map_err(Into::into)
+                        }
+                    };
+                });
+            }
+        });
+        HyperServer {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// The URL of `path` on this server.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// How many connections the server has accepted.
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HyperServer {
     fn drop(&mut self) {
         self.task.abort();
     }
