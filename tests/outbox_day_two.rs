@@ -550,8 +550,11 @@ async fn tail_exits_non_zero_on_an_expired_cursor() {
     let outbox = Outbox::sqlite("tail_expired", 1).await;
     outbox.commit(0, 0..5).await;
     let server = outbox.serve().await;
+    let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+    let read = read_from(&client, 1, 0, Cursor::first()).await.unwrap();
     outbox.prune(&Retention::keep_last(1)).await;
     let url = server.url("");
+    let expired = format!("0={}", read[0].1.as_str());
     let tail = support::examples::binary("tail");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(tail)
@@ -560,7 +563,7 @@ async fn tail_exits_non_zero_on_an_expired_cursor() {
                 "--partitions",
                 "1",
                 "--cursor",
-                "0=1",
+                &expired,
             ])
             .output()
             .unwrap()
@@ -626,4 +629,56 @@ async fn the_writers_refuse_an_event_no_consumer_can_read() {
             "{db}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_cursor_of_another_outbox_is_refused() {
+    // Two outboxes written in the same transactions: their positions run
+    // alike, their cursors must not pass for each other's.
+    for outbox in Outbox::both("two_outboxes", 1).await {
+        let db = outbox.name();
+        let other = match &outbox {
+            Outbox::Sqlite(pool, _) => {
+                let other = SqliteOutbox::new(TableName::new("other_events").unwrap(), 1);
+                other.migrate(pool).await.unwrap();
+                Outbox::Sqlite(pool.clone(), other)
+            }
+            Outbox::Postgres(pool, _) => {
+                let other = PostgresOutbox::new(TableName::new("other_events").unwrap(), 1);
+                other.migrate(pool).await.unwrap();
+                Outbox::Postgres(pool.clone(), other)
+            }
+        };
+        outbox.commit(0, 0..3).await;
+        other.commit(0, 0..3).await;
+        let server = outbox.serve().await;
+        let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+        let read = read_from(&client, 1, 0, Cursor::first()).await.unwrap();
+        let cursor = read[1].1.as_str();
+        let refused = other.get(&format!("n=1&cursor0={cursor}")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{db}: {}",
+            refused.text()
+        );
+        // On its own feed, the same cursor reads on.
+        assert_eq!(
+            outbox.get(&format!("n=1&cursor0={cursor}")).await.status,
+            StatusCode::OK
+        );
+    }
+    // The same table in two databases.
+    let first = Outbox::sqlite("two_databases_a", 1).await;
+    let second = Outbox::sqlite("two_databases_b", 1).await;
+    for outbox in [&first, &second] {
+        outbox.commit(0, 0..3).await;
+    }
+    let server = first.serve().await;
+    let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+    let read = read_from(&client, 1, 0, Cursor::first()).await.unwrap();
+    let refused = second
+        .get(&format!("n=1&cursor0={}", read[1].1.as_str()))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }

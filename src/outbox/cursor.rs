@@ -52,20 +52,23 @@ pub(crate) fn decode<const N: usize>(cursor: &Cursor) -> Option<[u64; N]> {
     parts.next().is_none().then_some(key)
 }
 
-/// The refusal of `partition`'s cursor `key`, which names no row: it
-/// expired if rows after it were deleted (it lies below the last row that
-/// `prune` deleted, or below the oldest row kept), and is unknown if not.
-pub(crate) fn refusal<const N: usize>(
+/// The refusal of the cursor of feed `feed` at `position` of `partition`,
+/// which names no row: it expired if rows after it were deleted (it lies
+/// below the last row that `prune` deleted there, or below the oldest row
+/// kept), and is unknown if not. `oldest` and `pruned` are positions as
+/// the database gives them.
+pub(crate) fn refusal(
+    feed: u64,
     partition: u32,
-    key: [u64; N],
-    oldest: Option<[u64; N]>,
-    pruned: Option<[u64; N]>,
+    position: u64,
+    oldest: Option<i64>,
+    pruned: Option<i64>,
 ) -> ReadError {
-    let below = |bound: Option<[u64; N]>| bound.is_some_and(|bound| key < bound);
+    let below = |bound: Option<i64>| bound.is_some_and(|bound| (position as i64) < bound);
     if below(pruned) || below(oldest) {
         ReadError::ExpiredCursor {
             partition,
-            oldest: oldest.map(encode),
+            oldest: oldest.map(|oldest| encode_row(oldest as u64, feed)),
         }
     } else {
         ReadError::UnknownCursor { partition }

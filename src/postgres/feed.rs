@@ -340,12 +340,12 @@ impl PostgresFeed {
             .await
             .map_err(ReadError::internal)?;
         let (_, oldest, pruned) = kept;
-        let key = |position: Option<i64>| position.map(|position| [position as u64]);
         Err(cursor::refusal(
+            self.id().await?,
             partition,
-            [position],
-            key(oldest),
-            key(pruned),
+            position,
+            oldest,
+            pruned,
         ))
     }
 

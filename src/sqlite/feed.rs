@@ -167,12 +167,12 @@ impl SqliteFeed {
             .fetch_one(connection)
             .await
             .map_err(ReadError::internal)?;
-        let key = |position: Option<i64>| position.map(|position| [position as u64]);
         Err(cursor::refusal(
+            id,
             partition,
-            [position as u64],
-            key(oldest),
-            key(pruned),
+            position as u64,
+            oldest,
+            pruned,
         ))
     }
 }
