@@ -7,7 +7,8 @@
 //!     [--token SECRET] [--append-rate N] [--max-page-size K]
 //!     [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS]
 //!     [--max-connections N] [--max-wait SECS]
-//!     [--database postgres://...|sqlite://PATH [--table NAME] [--writers W]]
+//!     [--database postgres://...|sqlite://PATH [--table NAME] [--writers W]
+//!      [--prune-older-than SECS]]
 //! ```
 //!
 //! `--events` is per partition. `--token` requires `Authorization: Bearer
@@ -22,7 +23,10 @@
 //! each holding its transaction open a random 0-20 ms before committing, so
 //! that commit order differs from insert order. Appended events continue
 //! each partition's numbering from the largest `person_id` in the table, so
-//! their ids stay unique across restarts.
+//! their ids stay unique across restarts. `--prune-older-than SECS` deletes
+//! the rows appended more than SECS seconds ago (keeping the newest of each
+//! partition), at start and then every SECS/10 seconds (1 s to 60 s); a
+//! consumer that falls behind gets `410 Gone`.
 //!
 //! On SIGINT or SIGTERM it stops appending and accepting, answers the
 //! requests waiting for events at once (`FeedService::end_waits`), lets
@@ -70,9 +74,10 @@ struct Options {
     database: Option<String>,
     table: String,
     writers: usize,
+    prune_older_than: Option<Duration>,
 }
 
-const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS] [--database postgres://...|sqlite://PATH] [--table NAME] [--writers W]";
+const USAGE: &str = "usage: serve --addr HOST:PORT --partitions N --events N [--token SECRET] [--append-rate N] [--max-page-size K] [--header-timeout SECS] [--idle-timeout SECS] [--stall-timeout SECS] [--max-connections N] [--max-wait SECS] [--database postgres://...|sqlite://PATH] [--table NAME] [--writers W] [--prune-older-than SECS]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -87,6 +92,7 @@ fn parse_options() -> Result<Options, String> {
         database: None,
         table: "events".to_owned(),
         writers: 4,
+        prune_older_than: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -102,6 +108,9 @@ fn parse_options() -> Result<Options, String> {
             "--database" => options.database = Some(value()?),
             "--table" => options.table = value()?,
             "--writers" => options.writers = parse(&flag, &value()?)?,
+            "--prune-older-than" => {
+                options.prune_older_than = Some(seconds(&flag, &value()?)?);
+            }
             "--header-timeout" => {
                 options.server = options.server.header_timeout(seconds(&flag, &value()?)?);
             }
@@ -407,6 +416,7 @@ mod database {
     use tokio::sync::watch;
     use tokio::task::JoinHandle;
     use tokio::time::Instant;
+    use zeroeventhub::outbox::Retention;
     use zeroeventhub::server::{OutboxError, OutboxEvent, TableName};
     use zeroeventhub::workload;
 
@@ -556,8 +566,36 @@ mod database {
             .await
             .map_err(|error| error.to_string())?;
         let feed = outbox.feed(pool.clone());
+        if let Some(age) = options.prune_older_than {
+            tokio::spawn(prune(outbox.clone(), pool.clone(), age, stopped.clone()));
+        }
         let writers = start(Table { pool, outbox, name }, options, stopped).await?;
         Ok((super::app(feed, options, in_flight, stopped), writers))
+    }
+
+    /// Deletes the rows older than `age` now and every `age / 10` (1 s to
+    /// 60 s) until stopped, saying what it deleted.
+    async fn prune<O: SqlOutbox>(
+        outbox: O,
+        pool: Pool<O::Database>,
+        age: Duration,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let retention = Retention::older_than(age);
+        let every = (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            match outbox.prune(&pool, &retention).await {
+                Ok(pruned) if pruned.rows > 0 => {
+                    eprintln!("pruned {} rows older than {age:?}", pruned.rows);
+                }
+                Ok(_) => {}
+                Err(error) => eprintln!("pruning failed: {error}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stopped.changed() => return,
+            }
+        }
     }
 
     /// Loads the workload into an empty table, and starts the writers.

@@ -27,12 +27,18 @@ struct Serving {
 
 impl Serving {
     fn start(database: &str, append_rate: u64) -> Serving {
+        Serving::start_with(database, append_rate, &[])
+    }
+
+    /// `start`, with `extra` arguments.
+    fn start_with(database: &str, append_rate: u64, extra: &[&str]) -> Serving {
         let mut child = Command::new(support::examples::binary("serve"))
             .args(["--addr", "127.0.0.1:0", "--database", database])
             .args(["--partitions", &PARTITIONS.to_string()])
             .args(["--events", &LOADED.to_string()])
             .args(["--append-rate", &append_rate.to_string()])
             .args(["--writers", "4"])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("serve starts");
@@ -140,4 +146,42 @@ async fn serve_over_postgres_appends_with_unique_ids_across_restarts() {
 async fn serve_over_sqlite_appends_with_unique_ids_across_restarts() {
     let path = database::sqlite_path("serve");
     appends_survive_restarts(&format!("sqlite://{}", path.display())).await;
+}
+
+#[tokio::test]
+async fn serve_prunes_what_is_older_than_it_keeps() {
+    let path = database::sqlite_path("serve_prune");
+    let url = format!("sqlite://{}", path.display());
+    let serving = Serving::start_with(&url, 0, &["--prune-older-than", "1"]);
+    let client = Client::builder(serving.url.parse().unwrap(), PARTITIONS).build();
+    // A cursor taken at once, before the loaded rows are a second old.
+    let request = zeroeventhub::protocol::FeedRequest::new(PARTITIONS, [(0, Cursor::first())])
+        .unwrap()
+        .with_page_size_hint(1);
+    let first = client.fetch_page(&request).await.unwrap();
+    let early = first.next_request(&request);
+    // Within a few seconds, every partition keeps only its newest row.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let (ids, _) = read_to_end(
+            &serving.url,
+            PARTITIONS,
+            (0..PARTITIONS).map(|p| (p, Cursor::first())).collect(),
+            1000,
+            10,
+        )
+        .await;
+        if ids.len() == PARTITIONS as usize {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} rows left",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let error = client.fetch_page(&early).await.unwrap_err();
+    assert!(error.is_cursor_expired(), "{error}");
+    assert_eq!(serving.stop("-TERM"), 0);
 }

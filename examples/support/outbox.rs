@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::{Database, Pool};
+use zeroeventhub::outbox::{Pruned, Retention};
 use zeroeventhub::server::{FeedReader, FeedService, OutboxError, OutboxEvent, TableName};
 
 /// An outbox and its database (`sql_outbox!` implements it for both).
@@ -44,6 +45,13 @@ pub(crate) trait SqlOutbox: Clone + Send + Sync + 'static {
         connection: &'a mut <Self::Database as Database>::Connection,
         events: &'a [OutboxEvent],
     ) -> impl Future<Output = Result<(), OutboxError>> + Send + 'a;
+
+    /// Deletes what `retention` does not keep.
+    fn prune(
+        &self,
+        pool: &Pool<Self::Database>,
+        retention: &Retention,
+    ) -> impl Future<Output = Result<Pruned, OutboxError>> + Send;
 
     /// The outbox's feed, reading with `pool`.
     fn feed(&self, pool: Pool<Self::Database>) -> Self::Feed;
@@ -110,6 +118,14 @@ macro_rules! sql_outbox {
                 events: &'a [OutboxEvent],
             ) -> impl Future<Output = Result<(), OutboxError>> + Send + 'a {
                 <$outbox>::append_batch(self, connection, events)
+            }
+
+            fn prune(
+                &self,
+                pool: &Pool<$database>,
+                retention: &Retention,
+            ) -> impl Future<Output = Result<Pruned, OutboxError>> + Send {
+                <$outbox>::prune(self, pool, retention)
             }
 
             fn feed(&self, pool: Pool<$database>) -> $feed {

@@ -2,7 +2,11 @@
 //! partition count, and its database's statements with the name filled in.
 
 use std::fmt;
+use std::future::Future;
 
+use tokio::sync::OnceCell;
+
+use crate::server::ReadError;
 use crate::table::TableName;
 
 /// An outbox table and the statements `S` of its database.
@@ -51,4 +55,24 @@ impl<S> OutboxTable<S> {
             .field("partition_count", &self.partition_count)
             .finish()
     }
+}
+
+/// The id of the feed of `table`, which its cursors carry: `load` reads it
+/// (from the `{table}_feed` table that `migrate` made) the first time, and
+/// `cell` keeps it.
+pub(crate) async fn feed_id(
+    cell: &OnceCell<u64>,
+    table: &TableName,
+    load: impl Future<Output = Result<i64, sqlx::Error>>,
+) -> Result<u64, ReadError> {
+    cell.get_or_try_init(|| async {
+        match load.await {
+            Ok(id) => Ok(id as u64),
+            Err(error) => Err(ReadError::internal(format!(
+                "the id of outbox {table} (its table {table}_feed, made by migrate): {error}"
+            ))),
+        }
+    })
+    .await
+    .copied()
 }

@@ -17,6 +17,7 @@ use super::pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
 use crate::outbox::cursor;
 use crate::outbox::event::check_partition;
 use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event};
+use crate::outbox::table::feed_id;
 use crate::outbox::wait::{Look, wait_for_rows};
 use crate::protocol::{Checkpoint, Cursor, FeedItem, HeaderSelection};
 use crate::server::{AppendSignal, FeedReader, FeedService, ReadContext, ReadError};
@@ -118,22 +119,8 @@ impl PostgresFeed {
     /// The feed's id, which its cursors carry: read once, from the table
     /// `migrate` made.
     async fn id(&self) -> Result<u64, ReadError> {
-        self.id
-            .get_or_try_init(|| async {
-                let id: i64 = sqlx::query_scalar(&self.outbox.table.sql.feed_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|error| {
-                        ReadError::internal(format!(
-                            "the id of outbox {} (its table {}_feed, made by migrate): {error}",
-                            self.outbox.table(),
-                            self.outbox.table()
-                        ))
-                    })?;
-                Ok(id as u64)
-            })
-            .await
-            .copied()
+        let load = sqlx::query_scalar(&self.outbox.table.sql.feed_id).fetch_one(&self.pool);
+        feed_id(&self.id, self.outbox.table(), load).await
     }
 
     /// Checks the outbox's counter at the first read and every

@@ -16,6 +16,26 @@ use crate::outbox::{OutboxError, OutboxEvent, Pruned, Retention, TableName, prun
 /// The statements, with `{table}` standing for the table name. The crate
 /// runs these and nothing else; the module docs show each of them.
 pub(crate) mod sql {
+    /// The statements for one table.
+    pub(crate) struct Statements {
+        pub(crate) kept: String,
+        pub(crate) prune: String,
+        pub(crate) schema: String,
+        pub(crate) append: String,
+        pub(crate) append_batch: String,
+        pub(crate) insert: String,
+        pub(crate) insert_batch: String,
+        pub(crate) notify: String,
+        pub(crate) feed_id: String,
+        pub(crate) counter: String,
+        pub(crate) repair_counter: String,
+        pub(crate) horizon: String,
+        pub(crate) holders: String,
+        pub(crate) read: String,
+        pub(crate) heads: String,
+        pub(crate) handed_out: String,
+    }
+
     /// The table and its index, run by `migrate`.
     pub(crate) const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS {table} (
@@ -43,17 +63,21 @@ ON CONFLICT (one) DO NOTHING;";
     /// Serializes concurrent `migrate` calls.
     pub(crate) const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
 
-    /// One event, and the wake-up of the feed's listeners at commit. The
-    /// writer first announces itself (`announced`, taken before the row
-    /// draws its position): a shared transaction-level advisory lock in the
-    /// outbox's key space, whose second key is the low 32 bits of the last
-    /// position drawn so far; every position it draws is above that.
-    pub(crate) const APPEND: &str = "\
-WITH announced AS MATERIALIZED (
+    /// How every append announces its writer, before its rows draw their
+    /// positions (`{announce}` in the appends): a shared transaction-level
+    /// advisory lock in the outbox's key space, whose second key is the low
+    /// 32 bits of the last position drawn so far; every position the writer
+    /// draws is above that.
+    pub(crate) const ANNOUNCE: &str = "\
+announced AS MATERIALIZED (
     SELECT pg_advisory_xact_lock_shared({space}, substring(
         (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
     FROM {table}_position_seq
-), appended AS (
+)";
+
+    /// One event, and the wake-up of the feed's listeners at commit.
+    pub(crate) const APPEND: &str = "\
+WITH {announce}, appended AS (
     INSERT INTO {table} (partition, headers, data)
     SELECT $1, $2::json, $3::json FROM announced
     RETURNING partition
@@ -63,11 +87,7 @@ SELECT pg_notify('{table}', partition::text) FROM appended";
     /// A batch of events in one statement, in order, and one wake-up per
     /// partition.
     pub(crate) const APPEND_BATCH: &str = "\
-WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(
-        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
-    FROM {table}_position_seq
-), appended AS (
+WITH {announce}, appended AS (
     INSERT INTO {table} (partition, headers, data)
     SELECT p, h::json, d::json
     FROM announced, unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
@@ -78,21 +98,13 @@ SELECT pg_notify('{table}', p::text) FROM (SELECT DISTINCT partition AS p FROM a
 
     /// One event, without a wake-up (for `NotifyAfterCommit`).
     pub(crate) const INSERT: &str = "\
-WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(
-        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
-    FROM {table}_position_seq
-)
+WITH {announce}
 INSERT INTO {table} (partition, headers, data)
 SELECT $1, $2::json, $3::json FROM announced";
 
     /// A batch of events in one statement, in order, without a wake-up.
     pub(crate) const INSERT_BATCH: &str = "\
-WITH announced AS MATERIALIZED (
-    SELECT pg_advisory_xact_lock_shared({space}, substring(
-        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
-    FROM {table}_position_seq
-)
+WITH {announce}
 INSERT INTO {table} (partition, headers, data)
 SELECT p, h::json, d::json
 FROM announced, unnest($1::integer[], $2::text[], $3::text[]) WITH ORDINALITY AS e(p, h, d, n)
@@ -283,26 +295,6 @@ SELECT count(*) FROM deleted";
         ];
         crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
     }
-
-    /// The statements for one table.
-    pub(crate) struct Statements {
-        pub(crate) kept: String,
-        pub(crate) prune: String,
-        pub(crate) schema: String,
-        pub(crate) append: String,
-        pub(crate) append_batch: String,
-        pub(crate) insert: String,
-        pub(crate) insert_batch: String,
-        pub(crate) notify: String,
-        pub(crate) feed_id: String,
-        pub(crate) counter: String,
-        pub(crate) repair_counter: String,
-        pub(crate) horizon: String,
-        pub(crate) holders: String,
-        pub(crate) read: String,
-        pub(crate) heads: String,
-        pub(crate) handed_out: String,
-    }
 }
 
 /// An outbox table in PostgreSQL: its schema, and the writer that appends
@@ -354,7 +346,10 @@ impl PostgresOutbox {
     pub fn new(table: TableName, partition_count: u32) -> Self {
         let space = lock_space("outbox", table.as_str()).to_string();
         let table = OutboxTable::new(table, partition_count, |fill_table| {
-            let fill = |template: &str| fill_table(template).replace("{space}", &space);
+            let fill = |template: &str| {
+                fill_table(&template.replace("{announce}", sql::ANNOUNCE))
+                    .replace("{space}", &space)
+            };
             sql::Statements {
                 schema: fill(sql::SCHEMA),
                 append: fill(sql::APPEND),

@@ -14,6 +14,20 @@ use crate::server::AppendSignal;
 /// The statements, with `{table}` standing for the table name. The crate
 /// runs these and nothing else; the module docs show each of them.
 pub(crate) mod sql {
+    /// The statements of one table, filled in.
+    pub(crate) struct Statements {
+        pub(crate) feed_id: String,
+        pub(crate) kept: String,
+        pub(crate) prune: String,
+        pub(crate) remember_pruned: String,
+        pub(crate) schema: String,
+        pub(crate) append: String,
+        pub(crate) read: String,
+        pub(crate) last: String,
+        pub(crate) handed_out: String,
+        pub(crate) news: String,
+    }
+
     /// The table and its index, run by `migrate`.
     pub(crate) const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS {table} (
@@ -124,20 +138,6 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
             NEWS,
         ];
         crate::outbox::assert_documented(include_str!("outbox.md"), &statements);
-    }
-
-    /// The statements of one table, filled in.
-    pub(crate) struct Statements {
-        pub(crate) feed_id: String,
-        pub(crate) kept: String,
-        pub(crate) prune: String,
-        pub(crate) remember_pruned: String,
-        pub(crate) schema: String,
-        pub(crate) append: String,
-        pub(crate) read: String,
-        pub(crate) last: String,
-        pub(crate) handed_out: String,
-        pub(crate) news: String,
     }
 }
 
