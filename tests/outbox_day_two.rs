@@ -682,3 +682,101 @@ async fn a_cursor_of_another_outbox_is_refused() {
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 }
+
+/// The page of `query`, as the feed's client reads it.
+async fn page_of(
+    outbox: &Outbox,
+    partitions: u32,
+    request: &FeedRequest,
+) -> zeroeventhub::client::Page {
+    let server = outbox.serve().await;
+    let client = Client::builder(server.url("").parse().unwrap(), partitions).build();
+    client.fetch_page(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn events_carry_their_id_and_append_time_when_asked() {
+    for outbox in Outbox::both("ce_headers", 1).await {
+        let db = outbox.name();
+        let plain = OutboxEvent::in_partition(0, data(1)).with_header("trace", "t1");
+        let own_id = OutboxEvent::in_partition(0, data(2)).with_header("ce_id", "order-17");
+        outbox.try_append(&plain).await.unwrap();
+        outbox.try_append(&own_id).await.unwrap();
+
+        let asked = FeedRequest::new(1, [(0, Cursor::first())])
+            .unwrap()
+            .with_headers(
+                zeroeventhub::protocol::HeaderSelection::only(["ce_id", "ce_time", "trace"])
+                    .unwrap(),
+            );
+        let page = page_of(&outbox, 1, &asked).await;
+        let [first, second] = page.events() else {
+            panic!("{db}: two events");
+        };
+        // The id is the event's cursor, unique in its feed.
+        let checkpoints: Vec<&Cursor> = page.checkpoints().iter().map(|c| &c.cursor).collect();
+        assert_eq!(first.headers["ce_id"], checkpoints[0].as_str(), "{db}");
+        assert_eq!(first.headers["trace"], "t1", "{db}");
+        // A stored ce_id is the event's own.
+        assert_eq!(second.headers["ce_id"], "order-17", "{db}");
+        for event in [first, second] {
+            let time = &event.headers["ce_time"];
+            assert!(
+                time.len() == 24 && time.ends_with('Z') && time.starts_with("20"),
+                "{db}: {time}"
+            );
+        }
+        // Not asked, not sent.
+        let plain_request = FeedRequest::new(1, [(0, Cursor::first())]).unwrap();
+        let page = page_of(&outbox, 1, &plain_request).await;
+        assert!(
+            page.events().iter().all(|event| event.headers.is_empty()),
+            "{db}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_row_the_feed_cannot_serve_stops_its_partition_alone_and_is_named() {
+    for outbox in Outbox::both("bad_row", 2).await {
+        let db = outbox.name();
+        outbox.commit(0, 0..2).await;
+        outbox.commit(1, 10..11).await;
+        // Written by SQL: headers that are JSON, but not an object of strings.
+        outbox
+            .run(r#"INSERT INTO {table} (partition, headers, data) VALUES (1, '{"n":1}', '{"id":"e11"}')"#)
+            .await;
+        outbox.commit(1, 12..13).await;
+        outbox.commit(0, 2..3).await;
+        let (logs, _guard) = support::logs::Log::capture();
+
+        let both = FeedRequest::new(2, [(0, Cursor::first()), (1, Cursor::first())])
+            .unwrap()
+            .with_headers(zeroeventhub::protocol::HeaderSelection::All);
+        let page = page_of(&outbox, 2, &both).await;
+        let ids: Vec<String> = page.events().iter().map(id_of).collect();
+        assert_eq!(
+            ids,
+            ["e0", "e1", "e2", "e10"],
+            "{db}: partition 1 stops before the row"
+        );
+        // Asked for alone, the partition fails, and the log names the row.
+        let query = format!(
+            "n=2&cursor1={}&headers=_all",
+            page.next_cursors()[1].1.as_str()
+        );
+        let alone = outbox.get(&query).await;
+        assert_eq!(alone.status, StatusCode::INTERNAL_SERVER_ERROR, "{db}");
+        let logged = logs.text();
+        assert!(
+            logged.contains("outbox events, partition 1, row at position")
+                && logged.contains("not a JSON object of strings"),
+            "{db}: {logged}"
+        );
+        // Without headers, the row is served.
+        let plain = FeedRequest::new(2, [(1, page.next_cursors()[1].1.clone())]).unwrap();
+        let page = page_of(&outbox, 2, &plain).await;
+        let ids: Vec<String> = page.events().iter().map(id_of).collect();
+        assert_eq!(ids, ["e11", "e12"], "{db}");
+    }
+}

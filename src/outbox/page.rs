@@ -137,30 +137,89 @@ impl Budget {
     }
 }
 
-/// An event of `partition` from a row's data and headers columns.
-///
-/// The data column is JSON checked by the database (PostgreSQL's `json`
-/// type, SQLite's `json_valid` constraint), so it is kept without parsing
-/// it again. Headers are parsed only when the consumer asked for some.
+/// The header that carries an outbox event's id, when asked for: its
+/// cursor, unique in its feed (the CloudEvents name).
+pub(crate) const ID_HEADER: &str = "ce_id";
+
+/// The header that carries when an outbox event was appended, when asked
+/// for: RFC 3339 in UTC, to the millisecond (the CloudEvents name).
+pub(crate) const TIME_HEADER: &str = "ce_time";
+
+/// A stored row as an event of `partition`, with the headers `selection`
+/// asks for: the stored ones, and `ce_id` (`cursor`) and `ce_time`
+/// (`appended_ms`, milliseconds since the Unix epoch) unless the row stores
+/// its own. Why not, for a row the feed cannot serve (written by other
+/// means than the writer): its headers are not a JSON object of strings.
 pub(crate) fn row_event(
     partition: u32,
     data: impl Into<Bytes>,
     headers: Option<&str>,
     selection: &HeaderSelection,
-) -> Result<Event, ReadError> {
-    let headers = match headers {
+    cursor: &Cursor,
+    appended_ms: i64,
+) -> Result<Event, String> {
+    let mut headers = match headers {
         Some(text) if !selection.is_none() => {
-            let mut headers: Headers = serde_json::from_str(text).map_err(ReadError::internal)?;
+            let mut headers: Headers = serde_json::from_str(text).map_err(|error| {
+                format!("its headers are not a JSON object of strings: {error}")
+            })?;
             headers.retain(|name, _| selection.includes(name));
             headers
         }
         _ => Headers::new(),
     };
+    if selection.includes(ID_HEADER) && !headers.contains_key(ID_HEADER) {
+        headers.insert(ID_HEADER.to_owned(), cursor.as_str().to_owned());
+    }
+    if selection.includes(TIME_HEADER) && !headers.contains_key(TIME_HEADER) {
+        headers.insert(TIME_HEADER.to_owned(), rfc3339_millis(appended_ms));
+    }
     Ok(Event {
         partition,
         headers,
         data: RawJson::from_valid(data.into()),
     })
+}
+
+/// `millis` since the Unix epoch as RFC 3339 in UTC, to the millisecond:
+/// `2026-12-04T19:52:36.123Z`.
+pub(crate) fn rfc3339_millis(millis: i64) -> String {
+    let days = millis.div_euclid(86_400_000);
+    let in_day = millis.rem_euclid(86_400_000);
+    // The civil date of a day count (Hinnant's algorithm, proleptic
+    // Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let of_era = z.rem_euclid(146_097);
+    let year_of_era = (of_era - of_era / 1460 + of_era / 36_524 - of_era / 146_096) / 365;
+    let day_of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+/// The error of a page that reached a row of `table` it cannot serve: the
+/// partition stops before it (and the rest of the page goes on), and the
+/// log names the table, partition and row.
+pub(crate) fn unservable(table: &str, partition: u32, position: i64, why: &str) -> ReadError {
+    let message = format!(
+        "outbox {table}, partition {partition}, row at position {position} cannot be served: \
+         {why}; the partition stops before it until the row is mended or deleted"
+    );
+    tracing::error!(%table, partition, position, "{message}");
+    ReadError::internal(message)
 }
 
 /// Emits an event and the checkpoint after it.
@@ -184,5 +243,25 @@ mod tests {
         assert_eq!(budget.next_share(), 5);
         budget.spent(5);
         assert_eq!(budget.next_share(), 4);
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339_millis;
+
+    #[test]
+    fn times_are_rfc_3339_in_utc_to_the_millisecond() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(1_796_413_956_123),
+            "2026-12-04T19:52:36.123Z"
+        );
+        assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_millis(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 }

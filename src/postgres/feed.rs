@@ -16,7 +16,7 @@ use super::outbox::{PostgresOutbox, sql};
 use super::pages::{PageKey, SHARED_PAGE_ROWS, SharedPages};
 use crate::outbox::cursor;
 use crate::outbox::event::check_partition;
-use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event};
+use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event, unservable};
 use crate::outbox::table::feed_id;
 use crate::outbox::wait::{Look, wait_for_rows};
 use crate::protocol::{Checkpoint, Cursor, FeedItem, HeaderSelection};
@@ -440,6 +440,8 @@ impl PostgresFeed {
         let table = Arc::clone(&self.outbox.table);
         let mut budget = Budget::new(page_size, starts.len());
         OutboxPage::new(move |emitter| async move {
+            let mut emitted = !opening.is_empty();
+            let mut unserved = None;
             for checkpoint in opening {
                 emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
             }
@@ -458,12 +460,27 @@ impl PostgresFeed {
                         let key = row_key(&row)?;
                         let data: String = row.try_get(1).map_err(ReadError::internal)?;
                         let headers: Option<&str> = row.try_get(2).map_err(ReadError::internal)?;
-                        let event = row_event(partition, data, headers, &selection)?;
-                        emit_event(&emitter, event, cursor::encode_row(key, id)).await;
+                        let appended_ms: i64 = row.try_get(3).map_err(ReadError::internal)?;
+                        let cursor = cursor::encode_row(key, id);
+                        match row_event(partition, data, headers, &selection, &cursor, appended_ms)
+                        {
+                            Ok(event) => emit_event(&emitter, event, cursor).await,
+                            Err(why) => {
+                                let table = table.name().as_str();
+                                unserved = Some(unservable(table, partition, key as i64, &why));
+                                break;
+                            }
+                        }
+                        emitted = true;
                         taken += 1;
                     }
                 }
                 budget.spent(taken);
+            }
+            // A page that could serve nothing else fails; one that could
+            // goes on without the partition that stopped.
+            if let (false, Some(error)) = (emitted, unserved) {
+                return Err(error);
             }
             tx.commit().await.map_err(ReadError::internal)
         })

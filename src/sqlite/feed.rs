@@ -9,7 +9,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use super::outbox::SqliteOutbox;
 use crate::outbox::cursor;
 use crate::outbox::event::check_partition;
-use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event};
+use crate::outbox::page::{Budget, OutboxPage, emit_event, row_event, unservable};
 use crate::outbox::table::feed_id;
 use crate::outbox::wait::{Look, wait_for_rows};
 use crate::protocol::{Checkpoint, Cursor, FeedItem};
@@ -190,6 +190,8 @@ impl FeedReader for SqliteFeed {
         let selection = request.headers().clone();
         let mut budget = Budget::new(context.page_size(), starts.len());
         Ok(OutboxPage::new(move |emitter| async move {
+            let mut emitted = !opening.is_empty();
+            let mut unserved = None;
             for checkpoint in opening {
                 emitter.emit(FeedItem::Checkpoint(checkpoint)).await;
             }
@@ -197,7 +199,7 @@ impl FeedReader for SqliteFeed {
                 let share = budget.next_share();
                 let mut taken = 0;
                 let mut after = after;
-                while taken < share {
+                'partition: while taken < share {
                     let asked = (share - taken).min(CHUNK_ROWS);
                     let chunk: Option<String> = sqlx::query_scalar(&table.sql.read)
                         .bind(i64::from(partition))
@@ -211,23 +213,32 @@ impl FeedReader for SqliteFeed {
                     let got = rows.len();
                     for row in rows {
                         let headers = row.headers.as_deref();
-                        let event = row_event(partition, row.data, headers, &selection)?;
-                        emit_event(
-                            &emitter,
-                            event,
-                            cursor::encode_row(position_key(row.position)?, id),
-                        )
-                        .await;
+                        let cursor = cursor::encode_row(position_key(row.position)?, id);
+                        let at = row.appended_ms;
+                        match row_event(partition, row.data, headers, &selection, &cursor, at) {
+                            Ok(event) => emit_event(&emitter, event, cursor).await,
+                            Err(why) => {
+                                let table = table.name().as_str();
+                                unserved = Some(unservable(table, partition, row.position, &why));
+                                break 'partition;
+                            }
+                        }
+                        emitted = true;
+                        taken += 1;
                         after = row.position;
                     }
-                    taken += got;
                     if got < asked {
                         break;
                     }
                 }
                 budget.spent(taken);
             }
-            Ok(())
+            // A page that could serve nothing else fails; one that could
+            // goes on without the partition that stopped.
+            match (emitted, unserved) {
+                (false, Some(error)) => Err(error),
+                _ => Ok(()),
+            }
         }))
     }
 }
@@ -239,6 +250,7 @@ const CHUNK_ROWS: usize = 128;
 /// A row of a chunk.
 struct ChunkRow {
     position: i64,
+    appended_ms: i64,
     data: Bytes,
     headers: Option<String>,
 }
@@ -260,6 +272,7 @@ fn chunk_rows(chunk: String) -> Result<Vec<ChunkRow>, ReadError> {
             Ok::<_, ReadError>(value)
         };
         let position = field()?;
+        let appended_ms = field()?;
         let data_len = usize::try_from(field()?).map_err(|_| malformed())?;
         let headers_len = field()?;
         let data_end = at.checked_add(data_len).filter(|end| *end <= text.len());
@@ -278,6 +291,7 @@ fn chunk_rows(chunk: String) -> Result<Vec<ChunkRow>, ReadError> {
         };
         rows.push(ChunkRow {
             position,
+            appended_ms,
             data,
             headers,
         });
@@ -303,7 +317,7 @@ mod tests {
             .map(|(position, data, headers)| {
                 let headers_len = headers.map_or(-1, |h| h.len() as i64);
                 format!(
-                    "{position} {} {headers_len} {data}{}",
+                    "{position} 1700000000000 {} {headers_len} {data}{}",
                     data.len(),
                     headers.unwrap_or("")
                 )
@@ -322,6 +336,7 @@ mod tests {
         assert_eq!(parsed.len(), 3);
         for (row, (position, data, headers)) in parsed.iter().zip(rows) {
             assert_eq!(row.position, position);
+            assert_eq!(row.appended_ms, 1_700_000_000_000);
             assert_eq!(row.data, data.as_bytes());
             assert_eq!(row.headers.as_deref(), headers);
         }
@@ -337,12 +352,13 @@ mod tests {
     #[test]
     fn a_malformed_chunk_is_an_error_not_a_panic() {
         for text in [
-            "1 5 -1 {}",
-            "x 2 -1 {}",
-            "1 2",
-            "1 2 7 {}{}",
-            "1 -2 -1 {}",
-            "1 2 -1 {}3",
+            "1 0 5 -1 {}",
+            "x 0 2 -1 {}",
+            "1 t 2 -1 {}",
+            "1 0 2",
+            "1 0 2 7 {}{}",
+            "1 0 -2 -1 {}",
+            "1 0 2 -1 {}3",
         ] {
             assert!(chunk_rows(text.to_owned()).is_err(), "{text}");
         }

@@ -62,12 +62,12 @@ ON CONFLICT (one) DO NOTHING;";
     /// headers. One row for many spares sqlx a hand-over per row.
     pub(crate) const READ: &str = "\
 SELECT group_concat(
-    position || ' ' || octet_length(data) || ' ' || coalesce(octet_length(headers), -1) || ' '
-        || data || coalesce(headers, ''),
+    position || ' ' || appended_at || ' ' || octet_length(data) || ' '
+        || coalesce(octet_length(headers), -1) || ' ' || data || coalesce(headers, ''),
     ''
 )
 FROM (
-    SELECT position, data, headers FROM {table}
+    SELECT position, appended_at, data, headers FROM {table}
     WHERE partition = ?1 AND position > ?2
     ORDER BY position
     LIMIT ?3

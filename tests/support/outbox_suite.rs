@@ -146,8 +146,17 @@ pub(crate) async fn events_appear_at_commit_and_rollbacks_leave_no_trace<D: Outb
     tx.commit().await.unwrap();
     D::servable(&outbox, &pool).await;
     let page = client.fetch_page(&everything).await.unwrap();
+    // Every header: the event's own, and its id and append time.
+    let cursor = page.next_cursors()[1].1.clone();
+    let mut served = page.events().to_vec();
+    assert_eq!(served.len(), 1);
+    assert_eq!(
+        served[0].headers.remove("ce_id").as_deref(),
+        Some(cursor.as_str())
+    );
+    assert!(served[0].headers.remove("ce_time").is_some());
     let expected = Event::new(1, data(1)).with_header("type", "Tested");
-    assert_eq!(page.events(), [expected]);
+    assert_eq!(served, [expected]);
 
     let mut tx = pool.begin().await.unwrap();
     outbox
