@@ -223,3 +223,62 @@ async fn a_long_held_horizon_is_reported_while_it_lasts() {
     assert!(warned.contains("idle in transaction"), "{warned}");
     open.commit().await.unwrap();
 }
+
+/// A throwaway cluster whose WAL writer flushes asynchronous commits only
+/// every 10 s, so that a test sees them visible and not yet durable.
+async fn slow_flushing_cluster() -> &'static str {
+    static CLUSTER: OnceCell<String> = OnceCell::const_new();
+    CLUSTER
+        .get_or_init(|| async {
+            database::cluster(
+                "postgres-slow-flush",
+                25433,
+                &["wal_writer_delay=10000", "wal_writer_flush_after=0"],
+            )
+            .await
+            .unwrap_or_else(|why| panic!("a cluster that flushes slowly: {why}"))
+        })
+        .await
+}
+
+#[tokio::test]
+async fn an_asynchronous_commit_is_served_only_once_it_is_durable() {
+    let admin = slow_flushing_cluster().await;
+    let db = database::database_on(admin).await;
+    let (pool, outbox, feed) = outbox_on(&db).await;
+    append(&pool, &outbox, 0, 1).await;
+    assert_eq!(served(&feed, 0).await, ["e1"]);
+
+    // Committed, visible, and not flushed: a crash now would take it back.
+    let mut writer = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("SET synchronous_commit = off")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    let mut tx = writer.begin().await.unwrap();
+    outbox
+        .append(&mut tx, &OutboxEvent::in_partition(0, data(2)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(visible, 2);
+
+    let fetch = {
+        let feed = feed.clone();
+        tokio::spawn(async move { served(&feed, 0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fetch.is_finished(), "served an event not yet durable");
+
+    // A synchronous commit flushes the WAL, and the page goes on.
+    append(&pool, &outbox, 1, 3).await;
+    let page = tokio::time::timeout(LIVENESS, fetch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page, ["e1", "e2"]);
+}
