@@ -780,3 +780,31 @@ async fn a_row_the_feed_cannot_serve_stops_its_partition_alone_and_is_named() {
         assert_eq!(ids, ["e11", "e12"], "{db}");
     }
 }
+
+#[tokio::test]
+async fn a_sqlite_row_whose_text_is_not_utf8_stops_its_partition_alone() {
+    let outbox = Outbox::sqlite("bad_utf8", 2).await;
+    outbox.commit(0, 0..2).await;
+    outbox.commit(1, 10..11).await;
+    // SQLite and `json_valid` take text that is not UTF-8.
+    outbox
+        .run("INSERT INTO {table} (partition, data) VALUES (1, CAST(X'22FF22' AS TEXT))")
+        .await;
+    outbox.commit(0, 2..3).await;
+    let (logs, _guard) = support::logs::Log::capture();
+    let both = FeedRequest::new(2, [(0, Cursor::first()), (1, Cursor::first())]).unwrap();
+    let page = page_of(&outbox, 2, &both).await;
+    let ids: Vec<String> = page.events().iter().map(id_of).collect();
+    assert_eq!(ids, ["e0", "e1", "e2", "e10"]);
+    let query = format!("n=2&cursor1={}", page.next_cursors()[1].1.as_str());
+    assert_eq!(
+        outbox.get(&query).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let logged = logs.text();
+    assert!(logged.contains("its data is not UTF-8"), "{logged}");
+    assert!(
+        logged.contains("partition 1, row at position 4"),
+        "{logged}"
+    );
+}

@@ -201,7 +201,10 @@ impl FeedReader for SqliteFeed {
                 let mut after = after;
                 'partition: while taken < share {
                     let asked = (share - taken).min(CHUNK_ROWS);
-                    let chunk: Option<String> = sqlx::query_scalar(&table.sql.read)
+                    // Bytes, not text: a row's text may not be UTF-8 (SQLite
+                    // takes it, `json_valid` too), and only that row then
+                    // fails, not the chunk.
+                    let chunk: Option<Vec<u8>> = sqlx::query_scalar(&table.sql.read)
                         .bind(i64::from(partition))
                         .bind(after)
                         .bind(i64::try_from(asked).unwrap_or(i64::MAX))
@@ -212,10 +215,12 @@ impl FeedReader for SqliteFeed {
                     let rows = chunk_rows(chunk)?;
                     let got = rows.len();
                     for row in rows {
-                        let headers = row.headers.as_deref();
                         let cursor = cursor::encode_row(position_key(row.position)?, id);
                         let at = row.appended_ms;
-                        match row_event(partition, row.data, headers, &selection, &cursor, at) {
+                        let event = row.text().and_then(|(data, headers)| {
+                            row_event(partition, data, headers, &selection, &cursor, at)
+                        });
+                        match event {
                             Ok(event) => emit_event(&emitter, event, cursor).await,
                             Err(why) => {
                                 let table = table.name().as_str();
@@ -247,16 +252,32 @@ impl FeedReader for SqliteFeed {
 /// memory at once.
 const CHUNK_ROWS: usize = 128;
 
-/// A row of a chunk.
+/// A row of a chunk, its text not yet known to be UTF-8.
 struct ChunkRow {
     position: i64,
     appended_ms: i64,
     data: Bytes,
-    headers: Option<String>,
+    headers: Option<Bytes>,
+}
+
+impl ChunkRow {
+    /// The row's data and headers, if both are UTF-8.
+    fn text(&self) -> Result<(Bytes, Option<&str>), String> {
+        std::str::from_utf8(&self.data)
+            .map_err(|error| format!("its data is not UTF-8: {error}"))?;
+        let headers = match &self.headers {
+            Some(headers) => Some(
+                std::str::from_utf8(headers)
+                    .map_err(|error| format!("its headers are not UTF-8: {error}"))?,
+            ),
+            None => None,
+        };
+        Ok((self.data.clone(), headers))
+    }
 }
 
 /// The rows of a chunk (see `sql::READ`), in position order.
-fn chunk_rows(chunk: String) -> Result<Vec<ChunkRow>, ReadError> {
+fn chunk_rows(chunk: Vec<u8>) -> Result<Vec<ChunkRow>, ReadError> {
     let malformed = || ReadError::internal("a malformed chunk of rows");
     let text = Bytes::from(chunk);
     let mut rows = Vec::new();
@@ -284,9 +305,9 @@ fn chunk_rows(chunk: String) -> Result<Vec<ChunkRow>, ReadError> {
             Ok(len) => {
                 let end = at.checked_add(len).filter(|end| *end <= text.len());
                 let end = end.ok_or_else(malformed)?;
-                let headers = std::str::from_utf8(&text[at..end]).map_err(|_| malformed())?;
+                let headers = text.slice(at..end);
                 at = end;
-                Some(headers.to_owned())
+                Some(headers)
             }
         };
         rows.push(ChunkRow {
@@ -312,7 +333,7 @@ fn position_key(position: i64) -> Result<u64, ReadError> {
 mod tests {
     use super::*;
 
-    fn chunk(rows: &[(i64, &str, Option<&str>)]) -> String {
+    fn chunk(rows: &[(i64, &str, Option<&str>)]) -> Vec<u8> {
         rows.iter()
             .map(|(position, data, headers)| {
                 let headers_len = headers.map_or(-1, |h| h.len() as i64);
@@ -322,7 +343,8 @@ mod tests {
                     headers.unwrap_or("")
                 )
             })
-            .collect()
+            .collect::<String>()
+            .into_bytes()
     }
 
     #[test]
@@ -338,7 +360,7 @@ mod tests {
             assert_eq!(row.position, position);
             assert_eq!(row.appended_ms, 1_700_000_000_000);
             assert_eq!(row.data, data.as_bytes());
-            assert_eq!(row.headers.as_deref(), headers);
+            assert_eq!(row.text().unwrap().1, headers);
         }
     }
 
@@ -360,8 +382,20 @@ mod tests {
             "1 0 -2 -1 {}",
             "1 0 2 -1 {}3",
         ] {
-            assert!(chunk_rows(text.to_owned()).is_err(), "{text}");
+            assert!(chunk_rows(text.into()).is_err(), "{text}");
         }
-        assert!(chunk_rows(String::new()).unwrap().is_empty());
+        assert!(chunk_rows(Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_row_whose_text_is_not_utf8_is_told_apart_from_its_chunk() {
+        let mut bytes = chunk(&[(1, "\"a\"", None), (2, "\"b\"", Some("{}"))]);
+        // The second row's data: `"b"` becomes `"\xff"`.
+        let at = bytes.iter().rposition(|&b| b == b'b').unwrap();
+        bytes[at] = 0xff;
+        let rows = chunk_rows(bytes).unwrap();
+        assert!(rows[0].text().is_ok());
+        let why = rows[1].text().unwrap_err();
+        assert!(why.contains("its data is not UTF-8"), "{why}");
     }
 }
