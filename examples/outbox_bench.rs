@@ -19,7 +19,9 @@
 //!   rounds (median).
 //! - Append to receipt: `--consumers` clients long polling a `PostgresFeed`
 //!   while one writer commits `--receipts` events, 50 ms apart; the time
-//!   from the start of each commit to each consumer's receipt.
+//!   from the start of each commit to each consumer's receipt. Once more
+//!   while `prune` runs every 10 ms (keeping the newest 1,000 rows of each
+//!   partition, in batches of 1,000), deleting the loaded rows.
 //!
 //! It works in a database `zeh_outbox_bench` of the PostgreSQL server
 //! (dropped and created again) and in a SQLite file under `target/`.
@@ -39,6 +41,7 @@ use sqlx::{
     PgPool, Pool, Row, SqlitePool, Type,
 };
 use zeroeventhub::client::Client;
+use zeroeventhub::outbox::Retention;
 use zeroeventhub::protocol::{Cursor, FeedItem, FeedRequest};
 use zeroeventhub::server::{
     FeedReader, FeedService, NotifyAfterCommit, OutboxEvent, PostgresOutbox, Server, SqliteOutbox,
@@ -256,14 +259,16 @@ async fn run(options: &Options) -> Result<(), BoxError> {
 
     // Append to receipt with long polling.
     println!();
-    for writer in [
-        Writer::Notifying(outbox.clone()),
-        Writer::AfterCommit(after_commit),
+    for (writer, pruning) in [
+        (Writer::Notifying(outbox.clone()), false),
+        (Writer::AfterCommit(after_commit.clone()), false),
+        (Writer::AfterCommit(after_commit), true),
     ] {
         let name = writer.name();
-        let latencies = receipts(&pg, writer, options.consumers, options.receipts).await?;
+        let latencies = receipts(&pg, writer, options.consumers, options.receipts, pruning).await?;
+        let while_pruning = if pruning { ", while prune runs" } else { "" };
         println!(
-            "append to receipt, PostgreSQL, long polling, {name}, {} consumers x {} events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal: p99 <= 20 ms)",
+            "append to receipt, PostgreSQL, long polling, {name}{while_pruning}, {} consumers x {} events: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal: p99 <= 20 ms)",
             options.consumers,
             options.receipts,
             percentile(&latencies, 0.50),
@@ -504,8 +509,21 @@ async fn receipts(
     writer: Writer,
     consumers: usize,
     count: u64,
+    pruning: bool,
 ) -> Result<Vec<f64>, BoxError> {
     let outbox = writer.outbox();
+    let pruner = pruning.then(|| {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        tokio::spawn(async move {
+            let retention = Retention::keep_last(1_000).with_batch(1_000);
+            loop {
+                if let Err(error) = outbox.prune(&pool, &retention).await {
+                    eprintln!("prune: {error}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    });
     let service = outbox.feed(pool.clone()).service();
     let feed = service.reader().clone();
     let (url, server) = serve(service).await?;
@@ -559,6 +577,9 @@ async fn receipts(
         }
     }
     server.abort();
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
 }
