@@ -90,8 +90,9 @@ async fn open(path: &Path) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
-        // WAL (sqlx's default) with NORMAL: durable at checkpoints, not at
-        // every commit; atomic either way.
+        // NORMAL: durable at checkpoints, not at every commit; atomic either
+        // way. In WAL journal mode, which sqlx does not set but the outbox's
+        // and the store's `migrate` do, on the file.
         .synchronous(SqliteSynchronous::Normal);
     SqlitePool::connect_with(options).await
 }
@@ -150,7 +151,10 @@ async fn run(folder: &Path) -> Result<bool, BoxError> {
         sold.load(Ordering::Relaxed)
     );
 
-    // Billing, restarted: a new process would open the file again.
+    // Billing, restarted: a new process would open the file again. The
+    // crash left its lease unreleased, so the new instance waits until the
+    // crashed one's heartbeat is older than `SqliteStore::LEASE_TIMEOUT`
+    // (3 s) and then takes over; a clean stop would have let it start at once.
     let billing = open(&billing_db).await?;
     let runtime =
         Runtime::new(client, SqliteStore::new(billing.clone()), "billing").with_page_size(500);

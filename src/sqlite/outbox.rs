@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
 
 use super::feed::SqliteFeed;
+use super::journal::use_wal;
 use crate::outbox::table::OutboxTable;
 use crate::outbox::{OutboxError, OutboxEvent, Pruned, Retention, TableName, prune_partitions};
 use crate::server::AppendSignal;
@@ -147,8 +148,10 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
 /// SQLite lets one transaction write at a time and holds its write lock
 /// from its first write to its commit, so positions (an `AUTOINCREMENT`
 /// key, never reused) are handed out in commit order: a reader that
-/// passed a position never sees a smaller one appear later. Use WAL
-/// journal mode, so that readers do not block the writer.
+/// passed a position never sees a smaller one appear later. In WAL
+/// journal mode readers do not block the writer: [`migrate`](Self::migrate)
+/// sets it on the file when it is in another mode (sqlx sets none by
+/// default).
 ///
 /// The feeds made by [`feed`](Self::feed) from this outbox or its clones
 /// hear of its commits at once (long polling): an append sets the
@@ -166,7 +169,8 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
 /// use zeroeventhub::server::{OutboxEvent, SqliteOutbox, TableName};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// // WAL, so that the feed's readers never block the writer.
+/// // WAL, so that the feed's readers never block the writer (`migrate`
+/// // sets it on the file too, if it is in another mode).
 /// let options = SqliteConnectOptions::new()
 ///     .filename("events.db")
 ///     .create_if_missing(true)
@@ -246,10 +250,22 @@ impl SqliteOutbox {
 
     /// Creates the table and its index if they do not exist, in one
     /// transaction. Idempotent.
+    ///
+    /// First, outside that transaction, it sets the file to WAL journal
+    /// mode if it is in another one (a new file is in `delete` mode: sqlx
+    /// sets none unless its connect options name one), so that the feed's
+    /// readers never block the writer; WAL stays with the file, and the
+    /// change is logged once. An in-memory database keeps its `memory`
+    /// mode. SQLite cannot change the mode inside a transaction, nor while
+    /// another connection holds the file in a transaction or in
+    /// `locking_mode=EXCLUSIVE`: then, unless the file is in WAL already,
+    /// `migrate` fails with an error that says so.
     pub async fn migrate<'a, A>(&self, connection: A) -> Result<(), OutboxError>
     where
         A: Acquire<'a, Database = Sqlite>,
     {
+        let mut connection = connection.acquire().await?;
+        use_wal(&mut connection).await?;
         let mut tx = connection.begin().await?;
         sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
         tx.commit().await?;

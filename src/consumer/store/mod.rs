@@ -8,13 +8,14 @@
 //! | store | feature | transaction handed to the handler | ownership |
 //! |---|---|---|---|
 //! | [`MemoryStore`] | `client` | [`MemoryTransaction`] (rows of your type) | every partition |
-//! | `SqliteStore` | `sqlite` | `sqlx::Transaction<'static, Sqlite>` | every partition |
+//! | `SqliteStore` | `sqlite` | `sqlx::Transaction<'static, Sqlite>` | every partition, to one instance per file (a lease) |
 //! | `PostgresStore` | `postgres` | `sqlx::Transaction<'static, Postgres>` | shared by advisory locks |
 //!
 //! # The tables of the database stores
 //!
 //! `migrate` creates them if they do not exist (it is safe to run at every
-//! start); the names below are the defaults, `with_tables` changes them
+//! start; on SQLite it first sets the file to WAL journal mode); the names
+//! below are the defaults, `with_tables` changes them
 //! (each a `TableName`, the rule the outbox tables follow too: 1 to 48
 //! lowercase ASCII letters, digits and `_`, not starting with a digit).
 //! Users of another database library can create and read them the same
@@ -39,6 +40,13 @@
 //!     data         TEXT    NOT NULL,  -- the event's data, as the feed sent it
 //!     error        TEXT    NOT NULL   -- why the consumer's type refused it
 //! );
+//! -- SQLite only, named after the cursor table: which instance of a
+//! -- consumer name works on this file.
+//! CREATE TABLE IF NOT EXISTS zeh_consumer_cursors_lease (
+//!     consumer  TEXT    NOT NULL PRIMARY KEY,
+//!     instance  TEXT    NOT NULL,  -- the holding store: its process id and a random number
+//!     heartbeat INTEGER NOT NULL   -- its last claim, milliseconds since the Unix epoch
+//! );
 //! ```
 //!
 //! The statements the stores run, with `$n` (PostgreSQL) or `?` (SQLite):
@@ -55,6 +63,21 @@
 //! INSERT INTO zeh_dead_letters (consumer, partition, after_cursor, headers, data, error)
 //!     VALUES ($1, $2, $3, $4, $5, $6);
 //! ```
+//!
+//! On SQLite, `claim` takes or refreshes the lease (`?1` the consumer, `?2`
+//! this instance, `?3` `SqliteStore::LEASE_TIMEOUT` in milliseconds, `now`
+//! standing for `CAST((julianday('now') - 2440587.5) * 86400000 AS
+//! INTEGER)`); one row changed means every partition is this instance's,
+//! none means none is, and it reads the holder to say who has them.
+//! `release` gives the lease up:
+//!
+//! ```sql
+//! INSERT INTO zeh_consumer_cursors_lease (consumer, instance, heartbeat) VALUES (?1, ?2, now)
+//!     ON CONFLICT (consumer) DO UPDATE SET instance = excluded.instance, heartbeat = excluded.heartbeat
+//!     WHERE instance = excluded.instance OR heartbeat < excluded.heartbeat - ?3;
+//! SELECT instance, now - heartbeat FROM zeh_consumer_cursors_lease WHERE consumer = ?1;
+//! DELETE FROM zeh_consumer_cursors_lease WHERE consumer = ?1 AND instance = ?2;
+//! ```
 
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -65,13 +88,15 @@ use std::fmt;
 use std::future::Future;
 
 pub use memory::{MemoryStore, MemoryTransaction};
+#[cfg(feature = "sqlite")]
+pub(crate) use sql::DEFAULT_CURSOR_TABLE;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[doc(hidden)]
+pub use sql::Group;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use sql::sealed;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::{Dialect, SqlStore};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[doc(hidden)]
-pub use sql::{EveryPartition, Group};
 
 #[cfg(feature = "postgres")]
 pub use crate::postgres::PostgresStore;

@@ -1,12 +1,15 @@
 //! The cursor store over a SQL database, written once: the tables, the
 //! statements and the transaction logic are the same on every database,
-//! and what differs (placeholders, the id column, the migration's lock,
-//! who owns which partition) is the database's [`Dialect`].
+//! and what differs (placeholders, the id column, the migration's lock and
+//! what must come before it, who owns which partition) is the database's
+//! [`Dialect`].
 
 use std::fmt;
 use std::future::Future;
 
-use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type};
+use sqlx::{
+    Connection, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
+};
 
 use super::{CursorChange, CursorStore, StoreError, TableName};
 use crate::consumer::DeadLetter;
@@ -52,12 +55,36 @@ pub trait Dialect: Database + sealed::Sealed {
     /// The rows a statement changed.
     #[doc(hidden)]
     fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// Readies the database for the store on `connection`, before the
+    /// migration's transaction: what cannot run inside one (SQLite's
+    /// journal mode).
+    #[doc(hidden)]
+    fn prepare(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = connection;
+        std::future::ready(Ok(()))
+    }
 }
 
 /// How the instances of a consumer share its partitions: see
 /// [`CursorStore::claim`].
 #[doc(hidden)]
 pub trait Group<DB: Database>: Default + Send + Sync + 'static {
+    /// The group of a store whose cursor table is `cursors`: a group with a
+    /// table of its own names it after that one.
+    fn for_cursors(cursors: &TableName) -> Self {
+        let _ = cursors;
+        Self::default()
+    }
+
+    /// The statements that create the group's tables, run by `migrate` in
+    /// its transaction after the store's own.
+    fn schema(&self) -> &[String] {
+        &[]
+    }
+
     /// The partitions this instance owns now.
     fn claim(
         &self,
@@ -68,28 +95,6 @@ pub trait Group<DB: Database>: Default + Send + Sync + 'static {
 
     /// Gives up every partition this instance owns.
     fn release(&self, consumer: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// The group of a database that serializes its writers: one instance per
-/// database is the normal case, and every partition is its own. A second
-/// instance is fenced by the cursors' compare-and-set, not kept idle.
-#[doc(hidden)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EveryPartition;
-
-impl<DB: Database> Group<DB> for EveryPartition {
-    async fn claim(
-        &self,
-        _: &Pool<DB>,
-        _: &str,
-        partition_count: u32,
-    ) -> Result<Vec<u32>, StoreError> {
-        Ok((0..partition_count).collect())
-    }
-
-    async fn release(&self, _: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
 }
 
 pub(crate) mod sealed {
@@ -103,14 +108,15 @@ impl<DB: Dialect> SqlStore<DB> {
         let tables = TableNames::default();
         SqlStore {
             statements: Statements::new::<DB>(&tables),
+            group: DB::Group::for_cursors(&tables.cursors),
             tables,
             pool,
-            group: DB::Group::default(),
         }
     }
 
     /// Names the cursor table and the dead-letter table (defaults
-    /// `zeh_consumer_cursors` and `zeh_dead_letters`).
+    /// `zeh_consumer_cursors` and `zeh_dead_letters`); SQLite's lease table
+    /// is named after the cursor table (`<cursors>_lease`).
     pub fn with_tables(self, cursors: TableName, dead_letters: TableName) -> Self {
         let tables = TableNames {
             cursors,
@@ -118,6 +124,7 @@ impl<DB: Dialect> SqlStore<DB> {
         };
         SqlStore {
             statements: Statements::new::<DB>(&tables),
+            group: DB::Group::for_cursors(&tables.cursors),
             tables,
             ..self
         }
@@ -135,13 +142,18 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
     /// Creates the store's tables if they do not exist; safe to run at
-    /// every start, from several instances at once.
+    /// every start, from several instances at once. On SQLite it first sets
+    /// the file to WAL journal mode (see `SqliteStore`), and fails if the
+    /// mode cannot change.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        let mut transaction = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        DB::prepare(&mut connection).await?;
+        let mut transaction = connection.begin().await?;
         if let Some(lock) = DB::MIGRATE_LOCK {
             sqlx::query(lock).execute(&mut *transaction).await?;
         }
-        for statement in self.statements.schema() {
+        let group = self.group.schema().iter().map(String::as_str);
+        for statement in self.statements.schema().into_iter().chain(group) {
             sqlx::query(statement).execute(&mut *transaction).await?;
         }
         transaction.commit().await
@@ -268,10 +280,13 @@ struct TableNames {
     dead_letters: TableName,
 }
 
+/// The default name of the cursor table.
+pub(crate) const DEFAULT_CURSOR_TABLE: &str = "zeh_consumer_cursors";
+
 impl Default for TableNames {
     fn default() -> Self {
         TableNames {
-            cursors: TableName::new("zeh_consumer_cursors").expect("a plain identifier"),
+            cursors: TableName::new(DEFAULT_CURSOR_TABLE).expect("a plain identifier"),
             dead_letters: TableName::new("zeh_dead_letters").expect("a plain identifier"),
         }
     }
