@@ -412,22 +412,16 @@ impl PostgresFeed {
         )
     }
 
-    /// Reads the horizon, then opens a page's transaction, whose snapshot
-    /// (taken after the horizon) sees only what is flushed to the WAL.
+    /// Opens a page's transaction, and reads the horizon in it first.
     async fn begin(&self) -> Result<(Transaction<'static, Postgres>, u64), ReadError> {
-        let horizon = self.horizon().await.map_err(ReadError::internal)?;
         let mut tx = self
             .pool
             .begin_with(sql::PAGE_BEGIN)
             .await
             .map_err(ReadError::internal)?;
-        let (written, flushed): (String, bool) = sqlx::query_as(sql::DURABLE)
-            .fetch_one(&mut *tx)
+        let horizon = horizon(&mut tx, &self.outbox.table.sql.horizon)
             .await
             .map_err(ReadError::internal)?;
-        if !flushed {
-            wait_for_flush(&mut tx, &written).await?;
-        }
         Ok((tx, horizon))
     }
 
@@ -508,36 +502,6 @@ type Starts = Vec<(u32, u64)>;
 /// A row of the `KEPT` statement: the partition, its oldest row's
 /// position, and the last position `prune` deleted there.
 type KeptRow = (i32, Option<i64>, Option<i64>);
-
-/// The longest a page waits for the WAL to be flushed up to what its
-/// snapshot sees (asynchronous commits are flushed by the WAL writer, every
-/// `wal_writer_delay`, 200 ms by default).
-const FLUSH_WAIT: Duration = Duration::from_secs(10);
-
-/// Waits until the WAL is flushed up to `written`, looking after 1 ms and
-/// then twice as long each time, up to 20 ms; fails after [`FLUSH_WAIT`].
-async fn wait_for_flush(connection: &mut PgConnection, written: &str) -> Result<(), ReadError> {
-    let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        tokio::time::sleep(pause).await;
-        let flushed: bool = sqlx::query_scalar(sql::FLUSHED)
-            .bind(written)
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(ReadError::internal)?;
-        if flushed {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ReadError::internal(format!(
-                "the WAL was not flushed up to {written} within {FLUSH_WAIT:?}: the page waits \
-                 for it, so that no crash can take back an event it served"
-            )));
-        }
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-}
 
 /// Runs the horizon statement on `connection`.
 pub(super) async fn horizon(

@@ -67,11 +67,16 @@ ON CONFLICT (one) DO NOTHING;";
     /// positions (`{announce}` in the appends): a shared transaction-level
     /// advisory lock in the outbox's key space, whose second key is the low
     /// 32 bits of the last position drawn so far; every position the writer
-    /// draws is above that.
+    /// draws is above that. And durable before visible: a transaction that
+    /// appends commits at least with `synchronous_commit = local`, so that
+    /// the WAL is flushed before its rows can be read, and no crash takes
+    /// back an event a feed served.
     pub(crate) const ANNOUNCE: &str = "\
 announced AS MATERIALIZED (
     SELECT pg_advisory_xact_lock_shared({space}, substring(
-        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4)
+        (CASE WHEN is_called THEN last_value ELSE last_value - 1 END)::bit(64) from 33)::int4),
+        set_config('synchronous_commit', CASE current_setting('synchronous_commit')
+            WHEN 'off' THEN 'local' ELSE current_setting('synchronous_commit') END, true)
     FROM {table}_position_seq
 )";
 
@@ -178,25 +183,14 @@ SELECT pid, datname, state, age, query, gid FROM (
 ) AS holders
 ORDER BY age DESC NULLS LAST";
 
-    /// Opens a page's read-only transaction, after the horizon was taken:
-    /// one snapshot for the whole page (taken by its first statement,
-    /// `DURABLE`), and sorts priced out of reach, so that the planner reads
-    /// through the primary key whatever its statistics say, and no page
-    /// sorts the rows after its cursor.
+    /// Opens a page's read-only transaction: read committed, so that each
+    /// statement sees what committed before it (after the horizon, its
+    /// first statement), whatever the server's default; and with sorts
+    /// priced out of reach, so that the planner reads through the primary
+    /// key whatever its statistics say, and no page sorts the rows after its
+    /// cursor.
     pub(crate) const PAGE_BEGIN: &str =
-        "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ; SET LOCAL enable_sort = off";
-
-    /// A page's first statement, which takes its snapshot: how far the WAL
-    /// was written then (every commit the snapshot sees is before it), and
-    /// whether that much is flushed already. The page waits for the flush
-    /// before it serves anything, so that no crash can take back an event
-    /// it served, whatever `synchronous_commit` the writers used.
-    pub(crate) const DURABLE: &str = "\
-SELECT written::text, written <= pg_current_wal_flush_lsn()
-FROM (SELECT pg_current_wal_insert_lsn() AS written) AS wal";
-
-    /// Whether the WAL is flushed up to `$1`.
-    pub(crate) const FLUSHED: &str = "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn";
+        "BEGIN READ ONLY ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_sort = off";
 
     /// A partition's servable events after a position (`$2`), up to the
     /// horizon (`$4`), in order.
@@ -290,8 +284,6 @@ SELECT count(*) FROM deleted";
             SCHEMA,
             MIGRATE_LOCK,
             PAGE_BEGIN,
-            DURABLE,
-            FLUSHED,
             APPEND,
             APPEND_BATCH,
             INSERT,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 #[cfg(feature = "postgres")]
-pub(crate) use self::postgres::{TestPostgres, cluster, database_on, postgres};
+pub(crate) use self::postgres::{TestPostgres, cluster, crash, database_on, postgres};
 
 /// A fresh SQLite file for the calling test, under `target/tmp`.
 pub(crate) fn sqlite_path(test: &str) -> PathBuf {
@@ -190,17 +190,7 @@ mod postgres {
         if as_root {
             run(Command::new("chown").args(["-R", "postgres"]).arg(&dir))?;
         }
-        let tool = |name: &str| {
-            let mut command = if as_root {
-                let mut command = Command::new("runuser");
-                command.args(["-u", "postgres", "--", name]);
-                command
-            } else {
-                Command::new(name)
-            };
-            command.env("LC_ALL", "C");
-            command
-        };
+        let tool = |name: &str| server_tool(as_root, name);
         if !data.join("PG_VERSION").exists() {
             run(tool("initdb")
                 .args(["-A", "trust", "-U", "postgres", "-D"])
@@ -237,6 +227,36 @@ mod postgres {
         } else {
             Err(format!("it started but does not answer at {url}"))
         }
+    }
+
+    /// The server program `name`, run as `postgres` when the test runs as
+    /// root (PostgreSQL refuses to run as root).
+    fn server_tool(as_root: bool, name: &str) -> Command {
+        let mut command = if as_root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", name]);
+            command
+        } else {
+            Command::new(name)
+        };
+        command.env("LC_ALL", "C");
+        command
+    }
+
+    /// Crashes the throwaway cluster `name` (`pg_ctl stop -m immediate`:
+    /// no checkpoint, what is not flushed to its WAL is lost); `cluster`
+    /// starts it again.
+    pub(crate) fn crash(name: &str) -> Result<(), String> {
+        let data = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(name)
+            .join("data");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+        run(server_tool(as_root, "pg_ctl")
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(&data))
     }
 
     fn run(command: &mut Command) -> Result<(), String> {
