@@ -804,7 +804,61 @@ async fn a_sqlite_row_whose_text_is_not_utf8_stops_its_partition_alone() {
     let logged = logs.text();
     assert!(logged.contains("its data is not UTF-8"), "{logged}");
     assert!(
-        logged.contains("partition 1, row at position 4"),
+        logged.contains("outbox events, partition 1, row at position"),
         "{logged}"
     );
+}
+
+#[tokio::test]
+async fn a_sqlite_backup_copied_back_loses_no_event_written_after_it() {
+    let path = database::sqlite_path("copied_back");
+    let backup = path.with_extension("backup");
+    let _ = std::fs::remove_file(&backup);
+    let open = || async {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        let outbox = SqliteOutbox::new(TableName::new("events").unwrap(), 1);
+        outbox.migrate(&pool).await.unwrap();
+        Outbox::Sqlite(pool, outbox)
+    };
+    let outbox = open().await;
+    outbox.commit(0, 0..3).await;
+    outbox
+        .run(&format!("VACUUM INTO '{}'", backup.display()))
+        .await;
+    outbox.commit(0, 3..6).await;
+    let server = outbox.serve().await;
+    let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+    let read = read_from(&client, 1, 0, Cursor::first()).await.unwrap();
+    assert_eq!(ids(&read), expected(0..6));
+    let consumer_cursor = read[5].1.clone();
+    drop(server);
+    if let Outbox::Sqlite(pool, _) = &outbox {
+        pool.close().await;
+    }
+
+    // The backup is copied back: e3 to e5 are gone with it.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    std::fs::copy(&backup, &path).unwrap();
+    let restored = open().await;
+    restored.commit(0, 100..105).await;
+    let server = restored.serve().await;
+    let client = Client::builder(server.url("").parse().unwrap(), 1).build();
+    // The consumer resumes from its cursor: every event written since the
+    // restore, none skipped, and no 400.
+    let resumed = read_from(&client, 1, 0, consumer_cursor).await.unwrap();
+    assert_eq!(ids(&resumed), expected(100..105));
+    // A fresh consumer reads what the file holds.
+    let fresh = read_from(&client, 1, 0, Cursor::first()).await.unwrap();
+    let mut all = expected(0..3);
+    all.extend(expected(100..105));
+    assert_eq!(ids(&fresh), all);
 }

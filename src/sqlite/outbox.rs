@@ -17,6 +17,8 @@ use crate::server::AppendSignal;
 pub(crate) mod sql {
     /// The statements of one table, filled in.
     pub(crate) struct Statements {
+        pub(crate) counter: String,
+        pub(crate) jump: String,
         pub(crate) feed_id: String,
         pub(crate) kept: String,
         pub(crate) prune: String,
@@ -43,12 +45,28 @@ CREATE TABLE IF NOT EXISTS {table}_pruned (
     partition INTEGER PRIMARY KEY,
     position INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {table}_gaps (
+    after INTEGER NOT NULL,
+    before INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {table}_feed (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     id INTEGER NOT NULL
 );
 INSERT INTO {table}_feed (one, id) VALUES (1, abs(random() % 4294967296))
 ON CONFLICT (one) DO NOTHING;";
+
+    /// The last position the table's counter handed out.
+    pub(crate) const COUNTER: &str =
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0)";
+
+    /// Moves the counter to `?2` (from `?1`), remembering the positions
+    /// between as a gap that no row of this file ever had.
+    pub(crate) const JUMP: &str = "\
+INSERT INTO {table}_gaps (after, before) VALUES (?1, ?2);
+UPDATE sqlite_sequence SET seq = ?2 WHERE name = '{table}';
+INSERT INTO sqlite_sequence (name, seq)
+SELECT '{table}', ?2 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '{table}')";
 
     /// The feed's id, which its cursors carry.
     pub(crate) const FEED_ID: &str = "SELECT id FROM {table}_feed";
@@ -86,7 +104,8 @@ FROM (
     /// handed out.
     pub(crate) const HANDED_OUT: &str = "\
 SELECT EXISTS (SELECT 1 FROM {table} WHERE partition = ?1 AND position = ?2)
-    OR EXISTS (SELECT 1 FROM {table}_pruned WHERE partition = ?1 AND position = ?2)";
+    OR EXISTS (SELECT 1 FROM {table}_pruned WHERE partition = ?1 AND position = ?2)
+    OR EXISTS (SELECT 1 FROM {table}_gaps WHERE after < ?2 AND ?2 < before)";
 
     /// A partition's oldest kept position and the last one that `prune`
     /// deleted (`NULL`s where there is none): a cursor below either has
@@ -128,6 +147,8 @@ ON CONFLICT (partition) DO UPDATE SET position = max(position, excluded.position
     fn the_module_docs_show_every_statement() {
         let statements = [
             SCHEMA,
+            COUNTER,
+            JUMP,
             FEED_ID,
             APPEND,
             READ,
@@ -211,6 +232,8 @@ impl SqliteOutbox {
         let table = OutboxTable::new(table, partition_count, |fill| sql::Statements {
             schema: fill(sql::SCHEMA),
             feed_id: fill(sql::FEED_ID),
+            counter: fill(sql::COUNTER),
+            jump: fill(sql::JUMP),
             append: fill(sql::APPEND),
             read: fill(sql::READ),
             last: fill(sql::LAST),
@@ -268,6 +291,27 @@ impl SqliteOutbox {
         use_wal(&mut connection).await?;
         let mut tx = connection.begin().await?;
         sqlx::raw_sql(self.schema()).execute(&mut *tx).await?;
+        // A file copied back from a backup counts on from the backup's last
+        // position, below positions that consumers may have passed since:
+        // at every start the counter jumps to the time in microseconds,
+        // above every position handed out before (a table takes fewer than
+        // a million rows a second), and the gap is remembered, so that a
+        // cursor in it (of a row the restore lost) reads on from there.
+        let counter: i64 = sqlx::query_scalar(&self.table.sql.counter)
+            .fetch_one(&mut *tx)
+            .await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as i64);
+        if counter < now {
+            for statement in self.table.sql.jump.split(';') {
+                sqlx::query(statement)
+                    .bind(counter)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }
