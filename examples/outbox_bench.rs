@@ -132,7 +132,8 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let ours_pg = end_to_end(outbox.feed(pg.clone()).service(), total).await?;
     let bare = bare_select(
         &pg,
-        "SELECT position, data::text, headers::text FROM events \
+        "SELECT position, data::text, headers::text, \
+         (date_part('epoch', appended_at) * 1000)::bigint FROM events \
          WHERE partition = $1 ORDER BY position",
         total,
     )
@@ -145,7 +146,7 @@ async fn run(options: &Options) -> Result<(), BoxError> {
     let ours_sqlite = end_to_end(sqlite_outbox.feed(sqlite.clone()).service(), total).await?;
     let bare_sqlite = bare_select(
         &sqlite,
-        "SELECT position, data, headers FROM events \
+        "SELECT position, data, headers, appended_at FROM events \
          WHERE partition = ?1 ORDER BY position",
         total,
     )

@@ -196,7 +196,7 @@ ORDER BY age DESC NULLS LAST";
     /// horizon (`$4`), in order.
     pub(crate) const READ: &str = "\
 SELECT position AS pos, data::text AS data, headers::text AS headers,
-    (extract(epoch FROM appended_at) * 1000)::bigint AS appended_ms
+    (date_part('epoch', appended_at) * 1000)::bigint AS appended_ms
 FROM {table}
 WHERE partition = $1 AND position > $2 AND position <= $4
 ORDER BY position
