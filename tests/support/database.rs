@@ -175,12 +175,21 @@ mod postgres {
         port: u16,
         settings: &[&str],
     ) -> Result<String, String> {
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        if answers(&url).await {
-            return Ok(url);
-        }
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         let data = dir.join("data");
+        // A server on the port that is not this folder's (another checkout's
+        // tests, say) is left alone: the next free port serves instead.
+        let mut port = port;
+        loop {
+            let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            match serves_from(&url).await {
+                None => break,
+                Some(served) if Path::new(&served) == data => return Ok(url),
+                Some(_) if port < u16::MAX => port += 1,
+                Some(served) => return Err(format!("no free port: {served} holds the last")),
+            }
+        }
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // PostgreSQL refuses to run as root; run it as `postgres` then.
         let as_root = Command::new("id")
@@ -205,16 +214,22 @@ mod postgres {
             options.push_str(setting);
         }
         // A server of this folder left running on another port (or with
-        // other settings) by an earlier run: stop it first.
+        // other settings) by an earlier run: stop it first. A pid file left
+        // by a server that is gone (or copied with the folder) is removed.
         let running = tool("pg_ctl")
             .args(["status", "-D"])
             .arg(&data)
             .output()
             .is_ok_and(|output| output.status.success());
         if running {
-            run(tool("pg_ctl")
-                .args(["stop", "-m", "fast", "-w", "-D"])
-                .arg(&data))?;
+            let stopped = tool("pg_ctl")
+                .args(["stop", "-m", "fast", "-w", "-t", "10", "-D"])
+                .arg(&data)
+                .output()
+                .is_ok_and(|output| output.status.success());
+            if !stopped {
+                let _ = std::fs::remove_file(data.join("postmaster.pid"));
+            }
         }
         run(tool("pg_ctl")
             .args(["-w", "-D"])
@@ -227,6 +242,16 @@ mod postgres {
         } else {
             Err(format!("it started but does not answer at {url}"))
         }
+    }
+
+    /// The data directory of the server at `url`, if one answers.
+    async fn serves_from(url: &str) -> Option<String> {
+        let connect = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url));
+        let mut connection = connect.await.ok()?.ok()?;
+        sqlx::query_scalar("SHOW data_directory")
+            .fetch_one(&mut connection)
+            .await
+            .ok()
     }
 
     /// The server program `name`, run as `postgres` when the test runs as
