@@ -27,6 +27,16 @@
 //!   back, and is named (`HorizonHolder`); it never loses an event.
 //! - **The sequence must not cache.** The horizon takes "drawn so far" from
 //!   the sequence's last value: the identity is `CACHE 1`, and must stay so.
+//! - **Visible is not durable.** With `synchronous_commit = off` a commit is
+//!   visible before its WAL is flushed, and a crash takes it back (and its
+//!   positions, which new rows then reuse). The announcement sets the
+//!   appending transaction's `synchronous_commit` to at least `local`, so
+//!   that what a feed can read is flushed. Gating pages on the WAL flush
+//!   instead would make every page wait for unrelated asynchronous commits
+//!   (`NotifyAfterCommit`'s own `NOTIFY` transaction is one).
+//! - **Counters move with the cluster, not the rows.** A copy of the rows
+//!   alone brings them without their sequence: the feed refuses to serve
+//!   while the counter is behind, and `migrate` repairs it.
 //! - **`NOTIFY` serializes commits.** A `pg_notify` in the writer's
 //!   transaction takes a database-wide lock at commit, held through the WAL
 //!   flush: [`NotifyAfterCommit`] moves it out of the writers' commits.

@@ -29,6 +29,11 @@
 //!   `locking_mode=EXCLUSIVE`: `migrate` then says so. Connect options that
 //!   name another mode set it again at each connection they open, taking
 //!   the file out of WAL: they must name WAL, or none.
+//! - **A backup copied back counts again.** AUTOINCREMENT's counter is in
+//!   the file: a backup copied back hands out again positions that
+//!   consumers may have passed. Every `migrate` moves the counter to the
+//!   time in microseconds and remembers the gap; a cursor in a gap (of a
+//!   row the restore lost) reads on from it.
 //! - **One instance of a consumer per file.** SQLite serializes writers, so
 //!   two instances of one consumer name over one file would only trade
 //!   their pages' conflicts. The store keeps a lease row per consumer name
