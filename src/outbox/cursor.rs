@@ -80,6 +80,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_row_cursor_names_its_feed() {
+        let cursor = encode_row(17, 4_000_000_001);
+        assert_eq!(cursor.as_str(), "17.4000000001");
+        assert_eq!(decode_row(&cursor, 4_000_000_001), Some(17));
+        assert_eq!(decode_row(&cursor, 4_000_000_002), None, "another feed's");
+        assert_eq!(
+            decode_row(&encode_row(u64::MAX, 9), 9),
+            None,
+            "past a bigint"
+        );
+        assert_eq!(decode_row(&encode([17]), 17), None, "without its feed");
+    }
+
+    #[test]
+    fn a_cursor_below_what_is_kept_expired_and_any_other_is_unknown() {
+        let expired = |position, oldest, pruned| {
+            matches!(
+                refusal(9, 3, position, oldest, pruned),
+                ReadError::ExpiredCursor { partition: 3, .. }
+            )
+        };
+        assert!(expired(4, Some(5), None), "below the oldest kept");
+        assert!(expired(4, None, Some(5)), "below the last pruned");
+        assert!(expired(4, Some(10), Some(3)));
+        assert!(
+            !expired(5, Some(5), None),
+            "at the oldest: never handed out"
+        );
+        assert!(!expired(6, Some(5), Some(5)), "above both");
+        assert!(!expired(6, None, None), "nothing kept, nothing pruned");
+        match refusal(9, 3, 1, Some(5), None) {
+            ReadError::ExpiredCursor { oldest, .. } => {
+                assert_eq!(
+                    oldest,
+                    Some(encode_row(5, 9)),
+                    "the oldest, as a cursor of the feed"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match refusal(9, 3, 1, None, Some(5)) {
+            ReadError::ExpiredCursor { oldest, .. } => assert_eq!(oldest, None),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refusal(9, 3, 8, Some(5), Some(2)),
+            ReadError::UnknownCursor { partition: 3 }
+        ));
+    }
+
+    #[test]
     fn keys_round_trip() {
         let cursor = encode([748u64, 12]);
         assert_eq!(cursor.as_str(), "748.12");

@@ -157,6 +157,11 @@ mod tests {
         assert_eq!(Retention::keep_last(3).age_millis(), None);
         assert_eq!(by_age.with_batch(0).batch(), 1);
         assert_eq!(by_age.batch(), Retention::DEFAULT_BATCH);
+        assert_eq!(by_age.age(), Some(Duration::from_secs(60)));
+        assert_eq!(by_age.keeping_last(100).kept_last(), 100);
+        assert_eq!(by_age.keeping_last(100).age(), by_age.age());
+        assert_eq!(Retention::keep_last(7).kept_last(), 7);
+        assert_eq!(Retention::keep_last(7).age(), None);
     }
 
     #[tokio::test]
