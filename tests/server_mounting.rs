@@ -206,28 +206,7 @@ async fn get(url: &str) -> (http::StatusCode, Option<String>, String) {
 /// how many events each partition had, each checked against the workload.
 async fn read_all(url: &str, partitions: u32) -> Vec<u64> {
     let client = Client::builder(url.parse().unwrap(), partitions).build();
-    let mut request = FeedRequest::new(partitions, (0..partitions).map(|p| (p, Cursor::first())))
-        .unwrap()
-        .with_page_size_hint(200);
-    let mut seen = vec![0u64; partitions as usize];
-    loop {
-        let page = tokio::time::timeout(LIVENESS, client.fetch_page(&request))
-            .await
-            .expect("the page arrives")
-            .unwrap();
-        for event in page.events() {
-            let partition = event.partition as usize;
-            assert_eq!(
-                event.data,
-                workload::event_data(event.partition, seen[partition])
-            );
-            seen[partition] += 1;
-        }
-        if !page.made_progress() {
-            return seen;
-        }
-        request = page.next_request(&request);
-    }
+    support::workload::read_to_end(&client, 200).await
 }
 
 #[tokio::test]
